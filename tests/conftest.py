@@ -1,0 +1,72 @@
+"""Session fixtures: a tiny random GPT-NeoX (SmolLM2 tokenizer) and a small store harvested through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vsae.cli.app import app
+
+
+def run_cli(*args: str, expect: int = 0):
+    """Invoke `vsae ARGS` in-process as a user would type it; check the exit code."""
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == expect, f"vsae {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output}"
+    return result
+
+
+def run_vsae(*args: str, expect: int = 0, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `vsae` console script in a subprocess (exit codes, one-line errors)."""
+    exe = Path(sys.executable).with_name("vsae")
+    proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert proc.returncode == expect, f"vsae {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from vsae.harvest.models import packaged_smollm2
+
+    return AutoTokenizer.from_pretrained(packaged_smollm2())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tokenizer) -> Path:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+        max_position_embeddings=512, vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    path = tmp_path_factory.mktemp("models") / "tiny-neox"
+    GPTNeoXForCausalLM(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+HARVEST_ARGS = ["--layer", "1", "--dataset", "pydoc", "--tokens", "24000", "--chunk-tokens", "512", "--shard-chunks", "4",
+                "--heldout-fraction", "0.1"]
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory, tiny_model) -> Path:
+    path = tmp_path_factory.mktemp("stores") / "acts"
+    run_cli("harvest", tiny_model, *HARVEST_ARGS, "--store", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def store_info(store) -> dict:
+    rows = json.loads(run_cli("info", store, "--json").output)
+    assert len(rows) == 1
+    return rows[0]

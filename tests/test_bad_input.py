@@ -1,0 +1,59 @@
+"""Bad input: one-line error, non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+from conftest import run_vsae
+
+
+def _one_line_error(proc) -> str:
+    text = (proc.stderr + proc.stdout).strip()
+    assert text.startswith("error:"), text
+    assert "Traceback" not in text
+    return text
+
+
+def test_unknown_model_is_refused(tmp_path):
+    store = tmp_path / "acts"
+    text = _one_line_error(run_vsae("harvest", "no-such-model", "--store", store, expect=2))
+    assert "unknown model" in text
+    assert not store.exists()
+
+
+def test_hub_model_offline_names_the_alternatives(tmp_path):
+    store = tmp_path / "acts"
+    text = _one_line_error(run_vsae("harvest", "pythia-70m", "--layer", "1", "--store", store, expect=2))
+    assert "EleutherAI/pythia-70m-deduped" in text and "smollm2-135m" in text
+    assert not store.exists()
+
+
+def test_layer_out_of_range_says_the_valid_range(tiny_model, tmp_path):
+    store = tmp_path / "acts"
+    text = _one_line_error(run_vsae("harvest", tiny_model, "--layer", "7", "--store", store, expect=2))
+    assert "0..1" in text
+    assert not store.exists()
+
+
+def test_unknown_architecture_lists_the_valid_ones(store, tmp_path):
+    text = _one_line_error(run_vsae("train", "--store", store, "--arch", "nope", "--out", tmp_path / "o", expect=2))
+    assert "vsae_topk" in text and "batchtopk" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_store_that_does_not_exist(tmp_path):
+    text = _one_line_error(run_vsae("train", "--store", tmp_path / "missing", "--out", tmp_path / "o", expect=2))
+    assert "does not exist" in text
+    assert not (tmp_path / "missing").exists()
+
+
+def test_store_without_the_requested_table(store, tmp_path):
+    text = _one_line_error(run_vsae("train", "--store", store, "--layer", "0", "--out", tmp_path / "o", expect=2))
+    assert "no table" in text and "resid_post.1" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_k_not_below_dict_size(store, tmp_path):
+    text = _one_line_error(
+        run_vsae("train", "--store", store, "--dict-size", "16", "--k", "16", "--out", tmp_path / "o", expect=2)
+    )
+    assert "k=16" in text
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,327 @@
+"""Spec §9 invariants of the architectures (run alone with `pytest -k invariant`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vsae.archs import priors
+from vsae.archs.checkpoint import convert_space, load_sae, write_checkpoint
+from vsae.archs.registry import ARCHS, build_config
+from vsae.archs.sae import SAE, TERM_KEYS, StepContext
+from vsae.archs.select import batch_topk_mask, scores, topk_mask
+from vsae.archs.steps import EPS_STREAM, INIT_STREAM, make_generator, n_steps
+from vsae.errors import VsaeError
+from vsae.train.schedules import Schedule
+
+D, F = 16, 64
+TOPK = ("topk", "batchtopk", "matryoshka", "vsae_topk", "vsae_batchtopk")
+
+
+def variants():
+    """Every registry name × var_flag where it applies."""
+    for name in ARCHS:
+        for vf in (0, 1) if name.startswith("vsae") else (None,):
+            yield name, ({} if vf is None else {"var_flag": vf})
+
+
+def make(name: str, seed: int = 0, **overrides) -> SAE:
+    if name in TOPK:
+        overrides.setdefault("k", 4)
+    return SAE(build_config(name, D, F, overrides), seed=seed)
+
+
+def ctx(step=0, total=10, dead=None, seed=0, **kw) -> StepContext:
+    return StepContext(step=step, total_steps=total, dead=dead, generator=make_generator(seed, EPS_STREAM), **kw)
+
+
+@pytest.fixture
+def x():
+    return torch.randn(32, D, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name,ov", list(variants()))
+def test_invariant_loss_equals_sum_of_the_seven_terms(name, ov, x):
+    out = make(name, **ov).loss_terms(x, ctx(dead=torch.ones(F, dtype=torch.bool)))
+    assert set(out["terms"]) == set(TERM_KEYS)
+    assert out["loss"] == sum(out["terms"].values())
+    assert torch.isfinite(out["loss"])
+
+
+def test_invariant_vsae_topk_var0_equals_topk_abs_plus_l2(x):
+    beta = 0.3
+    base = make("topk", topk_mode="abs", relu_mu=False)
+    var = make("vsae_topk", var_flag=0, kl_coeff=beta)
+    c = ctx(kl_scale=0.5)
+    lb, lv = base.loss_terms(x, c), var.loss_terms(x, c)
+    mu = (x - var.b_dec) @ var.W_enc + var.b_enc
+    expected = lb["loss"] + beta * 0.5 * 0.5 * mu.square().sum(-1).mean()
+    torch.testing.assert_close(lv["loss"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_invariant_vsae_iso_beta0_equals_standard(x):
+    a, b = make("standard"), make("vsae_iso", var_flag=0, kl_coeff=0.0)
+    la, lb = a.loss_terms(x, ctx()), b.loss_terms(x, ctx())
+    torch.testing.assert_close(la["loss"], lb["loss"])
+    la["loss"].backward()
+    lb["loss"].backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(a, name).grad, getattr(b, name).grad)
+
+
+def test_invariant_vsae_multi_rho0_equals_vsae_iso(x):
+    a, b = make("vsae_iso", log_var_init=-2.0), make("vsae_multi", corr_rate=0.0, log_var_init=-2.0)
+    torch.testing.assert_close(a.loss_terms(x, ctx())["loss"], b.loss_terms(x, ctx())["loss"], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in ARCHS if n.startswith("vsae")])
+def test_invariant_identical_init_with_base(name):
+    base = {"vsae_iso": "standard", "vsae_multi": "standard", "vsae_topk": "topk", "vsae_gated": "gated",
+            "vsae_jumprelu": "jumprelu", "vsae_batchtopk": "batchtopk"}[name]
+    for vf in (0, 1):
+        v, b = make(name, var_flag=vf).state_dict(), make(base).state_dict()
+        for key in b:
+            if key in v and key != "threshold":
+                assert torch.equal(v[key], b[key]), (name, key)
+
+
+@pytest.mark.parametrize("f", [1, 2, 7, 64])
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.9, "neg"])
+@pytest.mark.parametrize("var", [0, 1])
+def test_invariant_equicorr_closed_form_equals_dense(f, rho, var):
+    if rho == "neg":
+        if f == 1:
+            return
+        rho = -0.5 / (f - 1)
+    g = torch.Generator().manual_seed(f)
+    for scale in (0.1, 1.0, 10.0):
+        mu = (torch.randn(3, f, generator=g, dtype=torch.float64) * scale).requires_grad_()
+        ell = (torch.rand(3, f, generator=g, dtype=torch.float64) * 6 - 4).requires_grad_() if var else None
+        closed = priors.kl_equicorr(mu, ell, rho)
+        r = (1 - rho) * torch.eye(f, dtype=torch.float64) + rho
+        rinv = torch.inverse(r)
+        sigma = torch.exp(ell) if var else torch.ones_like(mu)
+        dense = 0.5 * ((rinv.diagonal() * sigma).sum(-1) + ((mu @ rinv) * mu).sum(-1) - f + torch.slogdet(r)[1]
+                       - (ell.sum(-1) if var else 0))
+        torch.testing.assert_close(closed, dense, rtol=1e-6, atol=1e-9)
+        gc = torch.autograd.grad(closed.sum(), [mu] + ([ell] if var else []))
+        gd = torch.autograd.grad(dense.sum(), [mu] + ([ell] if var else []))
+        for a, b in zip(gc, gd, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_invariant_invalid_rho_rejected():
+    with pytest.raises(VsaeError):
+        build_config("vsae_multi", D, F, {"corr_rate": 1.0})
+    with pytest.raises(VsaeError):
+        build_config("vsae_multi", D, F, {"corr_rate": -1 / (F - 1)})
+    with pytest.raises(VsaeError):
+        build_config("vsae_multi", D, F, {"kl_scope": "selected"})
+    build_config("vsae_multi", D, 1, {"corr_rate": -5.0})
+
+
+def test_invariant_kl_nonnegative_and_exact_points():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(50, F, generator=g) * 10
+    ell = torch.rand(50, F, generator=g) * 22 - 20
+    assert (priors.kl_iso(mu, ell, None) >= -1e-5 * F).all()
+    assert (priors.kl_equicorr(mu, ell, 0.5) >= -1e-5 * F).all()
+    assert float(priors.kl_iso(torch.zeros(1, F), torch.zeros(1, F), None)) == 0.0
+    torch.testing.assert_close(priors.kl_iso(mu, None, None), 0.5 * mu.square().sum(-1))
+    torch.testing.assert_close(priors.kl_permean(mu, ell, torch.zeros(F), 1.0, None), priors.kl_iso(mu, ell, None))
+
+
+@pytest.mark.parametrize("name,ov", list(variants()))
+def test_invariant_deterministic_inference(name, ov, x):
+    m = make(name, log_var_init=-1.0, **ov) if ov else make(name)
+    m.train()
+    a = m.encode(x)
+    m.eval()
+    assert torch.equal(a, m.encode(x))
+    s1 = m.encode(x, sample=True, generator=torch.Generator().manual_seed(3))
+    s2 = m.encode(x, sample=True, generator=torch.Generator().manual_seed(3))
+    s3 = m.encode(x, sample=True, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(s1, s2)
+    assert torch.equal(s1, s3) == (not m.cfg.is_variational)
+    if not m.cfg.is_variational:
+        assert torch.equal(s1, a)
+
+
+def test_invariant_training_samples_unbiasedly(x):
+    m = make("vsae_iso", log_var_init=-2.0)
+    l1 = m.loss_terms(x, ctx(seed=1))["loss"]
+    l2 = m.loss_terms(x, ctx(seed=2))["loss"]
+    assert l1 != l2
+    xs = x[:2]
+    mu = torch.relu((xs - m.b_dec) @ m.W_enc + m.b_enc)
+    sigma = math.exp(-1.0)
+    draws = 20000
+    g = torch.Generator().manual_seed(0)
+    z = mu + sigma * torch.randn(draws, *mu.shape, generator=g)
+    xh = (z @ m.W_dec + m.b_dec).detach()
+    mean_xhat = m.decode(mu).detach()
+    se = xh.std(0) / math.sqrt(draws)
+    assert ((xh.mean(0) - mean_xhat).abs() <= 4 * se + 1e-6).all()
+    rec = (xs - xh).square().sum(-1)
+    predicted = (xs - mean_xhat).square().sum(-1) + F * sigma**2
+    assert ((rec.mean(0) - predicted).abs() <= 4 * rec.std(0) / math.sqrt(draws)).all()
+
+
+@pytest.mark.parametrize("name,ov", list(variants()))
+def test_invariant_raw_space_round_trip(name, ov, x, tmp_path):
+    m = make(name, **ov)
+    c = 3.7
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        if m.cfg.topk_family:
+            m.threshold.fill_(0.05)
+        if m.cfg.sparsifier == "jumprelu":
+            m.threshold.clamp_(min=1e-3)
+    write_checkpoint(tmp_path / "ck", m, c, {"provenance": {}})
+    raw = load_sae(tmp_path / "ck")
+    torch.testing.assert_close(raw.encode(c * x), c * m.encode(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(raw(c * x), c * m(x), rtol=1e-5, atol=1e-4)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    torch.testing.assert_close(raw.encode(c * x, sample=True, generator=g1), c * m.encode(x, sample=True, generator=g2),
+                               rtol=1e-5, atol=1e-5)
+    back = convert_space(raw, c, "normalized")
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_invariant_logvar_conversion():
+    m = make("vsae_iso")
+    c = 2.5
+    raw = convert_space(m, c, "raw")
+    torch.testing.assert_close(raw.b_enc_logvar, m.b_enc_logvar + 2 * math.log(c))
+    torch.testing.assert_close(raw.W_enc_logvar, m.W_enc_logvar / c)
+    torch.testing.assert_close(raw.logvar_min, m.logvar_min + 2 * math.log(c))
+
+
+@pytest.mark.parametrize("mode", ["value", "abs"])
+def test_invariant_topk_counts(mode, x):
+    m = make("topk", topk_mode=mode, relu_mu=mode == "value")
+    z = (x - m.b_dec) @ m.W_enc + m.b_enc
+    mu = torch.relu(z) if mode == "value" else z
+    f, _ = m._train_code(mu, None)
+    nnz = (f != 0).sum(-1)
+    if mode == "value":
+        assert torch.equal(nnz, torch.clamp((mu > 0).sum(-1), max=4))
+    else:
+        assert (nnz == 4).all()
+        sel = f != 0
+        assert torch.equal(f[sel], z[sel])
+        smallest = torch.where(sel, z.abs(), torch.inf).min(-1).values
+        largest_other = torch.where(~sel, z.abs(), -torch.inf).max(-1).values
+        assert (largest_other <= smallest).all()
+
+
+def test_invariant_batchtopk_on_3d_input():
+    m = make("batchtopk")
+    x3 = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(0))
+    xt = m._centre(x3.reshape(-1, D))
+    mu = torch.relu(xt @ m.W_enc + m.b_enc)
+    f, _ = m._train_code(mu, None)
+    assert int((f != 0).sum()) == min(4 * 15, int((mu > 0).sum()))
+    assert int((m.encode(x3) != 0).sum()) <= 4 * 15
+
+
+def test_invariant_selection_ties_follow_the_lower_index():
+    score = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.5], [3.0, 3.0, 3.0, 3.0, 3.0]])
+    eligible = torch.ones_like(score, dtype=torch.bool)
+    mask = topk_mask(score, eligible, 2)
+    assert mask.tolist() == [[False, True, True, False, False], [True, True, False, False, False]]
+    bmask = batch_topk_mask(score, eligible, 3)  # budget 6 over the flattened batch
+    order = torch.sort(-score.reshape(-1), stable=True).indices[:6]
+    ref = torch.zeros(10, dtype=torch.bool)
+    ref[order] = True
+    assert torch.equal(bmask.reshape(-1), ref)
+    s, e = scores(torch.tensor([[-2.0, 2.0, 1.0]]), "abs")
+    assert topk_mask(s, e, 1).tolist() == [[True, False, False]]
+
+
+def test_invariant_threshold_ema_robust_and_decay():
+    m = make("topk")
+    out = {"stats": {"theta_stat": None}}
+    m.after_step(ctx(step=5, total=10), out)
+    assert float(m.threshold[0]) == -1.0
+    for total, expected in ((10, 0.0), (1000, 0.98), (10**6, 0.999)):
+        assert math.isclose(m.threshold_decay(total), expected)
+
+
+def test_invariant_auxk_zero_without_dead_and_grads_only_to_dead(x):
+    m = make("topk")
+    out = m.loss_terms(x, ctx(dead=torch.zeros(F, dtype=torch.bool)))
+    assert float(out["terms"]["auxk"]) == 0.0 and not out["terms"]["auxk"].requires_grad
+    dead = torch.zeros(F, dtype=torch.bool)
+    dead[:10] = True
+    out = m.loss_terms(x, ctx(dead=dead))
+    out["terms"]["auxk"].backward()
+    assert m.W_dec.grad[10:].abs().sum() == 0
+    assert m.W_enc.grad[:, 10:].abs().sum() == 0
+
+
+def test_invariant_schedules_on_tiny_runs():
+    for total in (1, 2, 3):
+        s = Schedule.derive(total, 0.02, 0.2, 0.05, 0.1)
+        for t in range(total):
+            for v in (s.lr(t), s.sparsity(t), s.kl(t)):
+                assert 0 < v <= 1 and math.isfinite(v)
+    assert n_steps(0.29, 100) == 29 and n_steps(0.57, 100) == 57
+    s = Schedule.derive(100, 0.1, 0.2, 0.05, 0.1)
+    assert s.lr(s.warmup - 1) == 1.0
+    lrs = [s.lr(t) for t in range(100)]
+    assert all(a <= b for a, b in zip(lrs[: s.warmup], lrs[1 : s.warmup], strict=False))
+    assert all(a >= b for a, b in zip(lrs[s.decay_start :], lrs[s.decay_start + 1 :], strict=False))
+
+
+def test_invariant_free_rejected_for_topk_family():
+    for name in TOPK:
+        with pytest.raises(VsaeError, match="free"):
+            build_config(name, D, F, {"decoder_norm": "free", "k": 4})
+    for name in ("standard", "standard_april", "panneal", "gated", "jumprelu", "vsae_iso", "vsae_multi",
+                 "vsae_gated", "vsae_jumprelu"):
+        build_config(name, D, F, {"decoder_norm": "free"})
+
+
+def test_invariant_vsae_scale_defaults():
+    cfg = build_config("vsae_topk", D, F, {"k": 32}) if F > 32 else None
+    assert cfg.kl_coeff == 3.125e-3 and math.isclose(cfg.log_var_init, -6.463, abs_tol=1e-3)
+    iso = build_config("vsae_iso", D, 64, {})
+    assert math.isclose(iso.kl_coeff, 0.1 / 64)
+    user = build_config("vsae_iso", D, 64, {"kl_coeff": 1.0})
+    assert user.kl_coeff_source == "user" and math.isclose(user.log_var_init, math.log(1 / 3))
+
+
+def test_invariant_logvar_init_at_step0(x):
+    m = make("vsae_topk")
+    ell, pre = m._log_var(m._centre(x))
+    assert (ell == m.cfg.log_var_init).all()
+    with pytest.raises(VsaeError):
+        build_config("vsae_iso", D, F, {"log_var_init": -30.0})
+
+
+def test_invariant_random_streams_are_distinct():
+    a = torch.randn(8, generator=make_generator(1, INIT_STREAM))
+    b = torch.randn(8, generator=make_generator(0, EPS_STREAM))
+    assert not torch.equal(a, b)
+    assert torch.equal(make("topk", seed=3).W_dec, make("topk", seed=3).W_dec)
+
+
+def test_invariant_jumprelu_threshold_gradients_and_projection():
+    m = make("jumprelu", bandwidth=0.5, threshold_init=0.1)
+    assert "log_threshold" not in m.state_dict()
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(0))
+    out = m.loss_terms(x, ctx())
+    out["terms"]["l0"].backward(retain_graph=True)
+    assert m.threshold.grad.abs().sum() > 0
+    m.threshold.grad = None
+    out["terms"]["rec"].backward()
+    assert m.threshold.grad.abs().sum() > 0
+    with torch.no_grad():
+        m.threshold.fill_(-1.0)
+    m.after_step(ctx(), {"stats": {}})
+    assert (m.threshold == 1e-6).all()

@@ -1,0 +1,152 @@
+"""The architecture registry: a name → config overrides on SAEConfig and training defaults (spec §5, §6).
+
+Adding an architecture is one entry here (plus a module only if it needs a new piece of math);
+`vsae_X` entries are derived from `X` by the construction rule of §6.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from vsae.archs.config import SAEConfig, validate
+from vsae.errors import VsaeError
+
+
+def _topk_lr(d_sae: int) -> float:
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One registry entry."""
+
+    name: str
+    summary: str
+    model: dict
+    train: dict = field(default_factory=dict)
+    lr: object = None  # a number, a function of d_sae, or None to inherit (root default 5e-5)
+    base: str | None = None
+    n_dec: str | None = None  # vsae_*: "F", "k", "l0_target" or "32"
+
+
+_TOPK = {"sparsifier": "topk", "b_dec_init": "geometric_median"}
+_BATCH = {"sparsifier": "batchtopk", "b_dec_init": "geometric_median", "inference": "threshold"}
+_SPECS = [
+    ArchSpec("standard", "ReLU SAE with L1, unit decoder (Bricken et al. 2023)", {"sparsifier": "relu", "l1_coeff": 0.04}),
+    ArchSpec(
+        "standard_april",
+        "Anthropic April 2024: free decoder, norm-weighted L1, no input centring",
+        {"sparsifier": "relu", "l1_coeff": 0.04, "apply_b_dec_to_input": False, "decoder_norm": "free", "init_dec_norm": 0.1},
+    ),
+    ArchSpec(
+        "gated",
+        "Gated SAE (Rajamanoharan et al. 2024a)",
+        {"encoder": "gated", "sparsifier": "gate", "l1_coeff": 0.04, "aux_coeff": 1.0},
+        {"betas": (0.0, 0.999)},
+    ),
+    ArchSpec("topk", "TopK SAE with AuxK (Gao et al. 2024)", _TOPK, lr=_topk_lr),
+    ArchSpec("batchtopk", "BatchTopK SAE, threshold inference (Bussmann et al. 2024)", _BATCH, lr=_topk_lr),
+    ArchSpec(
+        "jumprelu",
+        "JumpReLU SAE with an L0 target (Rajamanoharan et al. 2024b)",
+        {"sparsifier": "jumprelu", "apply_b_dec_to_input": False, "l1_coeff": 1.0},
+        {"betas": (0.0, 0.999)},
+        lr=7e-5,
+    ),
+    ArchSpec(
+        "matryoshka",
+        "Matryoshka BatchTopK (Bussmann et al. 2025)",
+        _BATCH | {"group_fractions": [1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2]},
+        lr=_topk_lr,
+    ),
+    ArchSpec("panneal", "ReLU SAE with p-annealing of an Lp penalty (Karvonen et al. 2024)", {"sparsifier": "relu", "l1_coeff": 0.015}),
+    ArchSpec("vsae_iso", "VSAE, isotropic prior, sparse ReLU mean + L1", {}, base="standard", n_dec="F"),
+    ArchSpec(
+        "vsae_topk", "VSAE, top-k on |z| (signed codes)", {"topk_mode": "abs", "relu_mu": False}, base="topk", n_dec="k"
+    ),
+    ArchSpec("vsae_gated", "VSAE, Gated with a Gaussian magnitude", {"kl_scope": "selected"}, base="gated", n_dec="32"),
+    ArchSpec("vsae_jumprelu", "VSAE, noise before the JumpReLU gate", {"relu_mu": False}, base="jumprelu", n_dec="l0_target"),
+    ArchSpec("vsae_multi", "VSAE, equicorrelated prior (closed form, O(F))", {"prior": "equicorr"}, base="vsae_iso", n_dec="F"),
+    ArchSpec(
+        "vsae_batchtopk",
+        "VSAE, batch top-k on |z|",
+        {"topk_mode": "abs", "relu_mu": False},
+        base="batchtopk",
+        n_dec="k",
+    ),
+]
+ARCHS: dict[str, ArchSpec] = {s.name: s for s in _SPECS}
+
+
+def _chain(name: str) -> list[ArchSpec]:
+    spec = ARCHS[name]
+    return (_chain(spec.base) if spec.base else []) + [spec]
+
+
+def check_arch(name: str) -> ArchSpec:
+    if name not in ARCHS:
+        raise VsaeError(f"unknown architecture {name!r}; valid: {', '.join(ARCHS)}")
+    return ARCHS[name]
+
+
+def model_defaults(name: str) -> dict:
+    """The SAEConfig overrides of `name`, inherited along its base chain (vsae_X from X)."""
+    out: dict = {}
+    for spec in _chain(name):
+        out |= spec.model
+    if any(s.n_dec for s in _chain(name)):
+        out["variational"] = True
+        out.setdefault("var_flag", 1)
+    return out
+
+
+def train_defaults(name: str, d_sae: int) -> dict:
+    """Training-config overrides (lr, betas) of `name` for a dictionary of d_sae latents."""
+    out: dict = {"lr": 5e-5}
+    for spec in _chain(name):
+        out |= spec.train
+        if spec.lr is not None:
+            out["lr"] = spec.lr(d_sae) if callable(spec.lr) else spec.lr
+    return out
+
+
+def build_config(name: str, d_in: int, d_sae: int, overrides: dict | None = None) -> SAEConfig:
+    """Registry defaults + user overrides, with the VSAE scale (β, log_var_init) resolved (§2.2)."""
+    check_arch(name)
+    overrides = dict(overrides or {})
+    valid = {f.name for f in dataclasses.fields(SAEConfig)} - {"architecture", "d_in", "d_sae", "n_dec", "kl_coeff_source"}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise VsaeError(f"unknown hyper-parameter(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+    values = model_defaults(name) | overrides
+    if values.get("decoder_norm") == "free" and "init_dec_norm" not in overrides:
+        values["init_dec_norm"] = 0.1
+    if overrides.get("var_flag") and not values.get("variational"):
+        raise VsaeError(f"var_flag applies to the vsae_* architectures only, not {name}")
+    cfg = SAEConfig(architecture=name, d_in=d_in, d_sae=d_sae, **values)
+    if cfg.variational:
+        _resolve_vsae_scale(cfg, name)
+    validate(cfg)
+    return cfg
+
+
+def _resolve_vsae_scale(cfg: SAEConfig, name: str) -> None:
+    """β = 2δ/n_dec and log_var_init = ln(β/(β+2)) unless given (§2.2, §6)."""
+    rule = next(s.n_dec for s in reversed(_chain(name)) if s.n_dec)
+    cfg.n_dec = {"F": cfg.d_sae, "k": cfg.k, "l0_target": int(cfg.l0_target), "32": 32}[rule]
+    if cfg.kl_coeff is None:
+        cfg.kl_coeff = 2 * cfg.noise_budget / cfg.n_dec
+        cfg.kl_coeff_source = "auto"
+    else:
+        cfg.kl_coeff_source = "user"
+    if cfg.log_var_init is None and cfg.kl_coeff > 0:
+        cfg.log_var_init = math.log(cfg.kl_coeff / (cfg.kl_coeff + 2))
+    elif cfg.log_var_init is None:
+        cfg.log_var_init = cfg.logvar_min
+
+
+def predicted_noise_power(cfg: SAEConfig) -> float:
+    b = cfg.kl_coeff or 0.0
+    return cfg.n_dec * b / (b + 2)

@@ -1,0 +1,429 @@
+"""The composable SAE of spec §2: encoder → (Gaussian posterior) → sparsifier → linear decoder.
+
+Every registry architecture is this one module with a different SAEConfig; the trainer only ever calls
+`loss_terms`, `init_from_batch` and `after_step` (§3.1) and never branches on a name.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vsae.archs import priors
+from vsae.archs.config import SAEConfig, validate
+from vsae.archs.jumprelu import jumprelu, step
+from vsae.archs.select import batch_topk_mask, scores, topk_mask
+from vsae.archs.steps import INIT_STREAM, make_generator, n_steps
+from vsae.errors import VsaeError
+
+TERM_KEYS = ("rec", "l1", "lp", "l0", "aux_gate", "auxk", "kl")
+
+
+@dataclass
+class StepContext:
+    """What the trainer tells the model about step t (read-only for the model, §3.1)."""
+
+    step: int = 0
+    total_steps: int = 1
+    tokens_seen: int = 0
+    sparsity_scale: float = 1.0
+    kl_scale: float = 1.0
+    dead: Tensor | None = None
+    generator: torch.Generator | None = None
+    diagnostics: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class SAE(nn.Module):
+    """One sparse (or variational sparse) autoencoder; `space` is 'normalized' (training) or 'raw'."""
+
+    def __init__(self, cfg: SAEConfig, seed: int = 0):
+        super().__init__()
+        validate(cfg)
+        self.cfg = cfg
+        self.space = "normalized"
+        d, f = cfg.d_in, cfg.d_sae
+        gen = make_generator(seed, INIT_STREAM, 0)
+        v = torch.randn(f, d, generator=gen, dtype=torch.float32)
+        w_dec = cfg.init_dec_norm * v / v.norm(dim=1, keepdim=True)
+        self.W_enc = nn.Parameter(w_dec.T.clone())
+        if cfg.encoder == "gated":
+            self.b_gate = nn.Parameter(torch.zeros(f))
+            self.r_mag = nn.Parameter(torch.zeros(f))
+            self.b_mag = nn.Parameter(torch.zeros(f))
+        else:
+            self.b_enc = nn.Parameter(torch.zeros(f))
+        self.W_dec = nn.Parameter(w_dec)
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.sparsifier == "jumprelu":
+            self.threshold = nn.Parameter(torch.full((f,), cfg.threshold_init))
+        elif cfg.topk_family:
+            self.register_buffer("threshold", torch.full((f,), -1.0))
+        if cfg.is_variational:
+            self.W_enc_logvar = nn.Parameter(torch.zeros(d, f))
+            self.b_enc_logvar = nn.Parameter(torch.full((f,), float(cfg.log_var_init)))
+            self.register_buffer("logvar_min", torch.full((f,), cfg.logvar_min))
+            self.register_buffer("logvar_max", torch.full((f,), cfg.logvar_max))
+        if cfg.prior == "permean":
+            self.register_buffer("prior_mean", torch.zeros(f))
+        self._fallback_warned = False
+        self.p_state = _PAnneal(cfg) if cfg.sparsifier == "relu" and cfg.architecture == "panneal" else None
+
+    # ---------------------------------------------------------------- declarations (§3.1, §4.2)
+    @property
+    def supports_resampling(self) -> bool:
+        return self.cfg.architecture in ("standard", "panneal")
+
+    def latent_axes(self) -> dict[str, int]:
+        axes = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "b_gate": 0, "r_mag": 0, "b_mag": 0, "threshold": 0}
+        axes |= {"W_enc_logvar": 1, "b_enc_logvar": 0, "logvar_min": 0, "logvar_max": 0, "prior_mean": 0}
+        return {k: v for k, v in axes.items() if k in self.state_dict()}
+
+    def tensor_rules(self) -> dict[str, tuple[str, str]]:
+        """Tensor name → (raw rule, fold rule), one row of the §4.2 table per tensor."""
+        rules = {
+            "W_enc": ("same", "col_mul"),
+            "b_enc": ("mul_c", "mul"),
+            "b_gate": ("mul_c", "mul"),
+            "b_mag": ("mul_c", "mul"),
+            "threshold": ("mul_c", "mul"),
+            "W_dec": ("same", "row_div"),
+            "b_dec": ("mul_c", "same"),
+            "r_mag": ("same", "same"),
+            "W_enc_logvar": ("div_c", "same"),
+            "b_enc_logvar": ("log_c", "log"),
+            "logvar_min": ("log_c", "log"),
+            "logvar_max": ("log_c", "log"),
+            "prior_mean": ("mul_c", "same"),
+        }
+        return {k: v for k, v in rules.items() if k in self.state_dict()}
+
+    # ---------------------------------------------------------------- pieces of the pipeline (§2.1)
+    def dec_norms(self) -> Tensor:
+        """n_j: the constant 1 under `unit`, the differentiable row norms under `free`."""
+        if self.cfg.decoder_norm == "unit":
+            return torch.ones(self.cfg.d_sae, device=self.W_dec.device)
+        return self.W_dec.norm(dim=1)
+
+    def _centre(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def _mean(self, xt: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Posterior mean μ and, for gated encoders, the gate pre-activation π_gate."""
+        if self.cfg.encoder == "gated":
+            q = xt @ self.W_enc
+            pi_gate = q + self.b_gate
+            return torch.relu(torch.exp(self.r_mag) * q + self.b_mag), pi_gate
+        u = xt @ self.W_enc + self.b_enc
+        return (torch.relu(u) if self.cfg.relu_mu else u), None
+
+    def _log_var(self, xt: Tensor) -> tuple[Tensor, Tensor]:
+        """Clamped ℓ (used to sample and in the KL) and the pre-clamp value (for the bound monitor)."""
+        pre = xt @ self.W_enc_logvar + self.b_enc_logvar
+        return torch.clamp(pre, self.logvar_min, self.logvar_max), pre
+
+    def _sample(self, mu: Tensor, ell: Tensor, generator: torch.Generator | None) -> Tensor:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
+        return mu + torch.exp(0.5 * ell) * eps
+
+    def _train_code(self, z: Tensor, pi_gate: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Training sparsifier f = S(z) and its active mask M (§2.3)."""
+        cfg = self.cfg
+        if cfg.sparsifier == "relu":
+            return z, z != 0
+        if cfg.sparsifier == "gate":
+            g = pi_gate > 0
+            return z * g, g
+        if cfg.sparsifier == "jumprelu":
+            return jumprelu(z, self.threshold, cfg.bandwidth), z > self.threshold
+        score, eligible = scores(z, cfg.topk_mode)
+        pick = topk_mask if cfg.sparsifier == "topk" else batch_topk_mask
+        mask = pick(score, eligible, cfg.k)
+        return z * mask, mask
+
+    def _infer_code(self, z: Tensor, pi_gate: Tensor | None) -> Tensor:
+        """Inference rule on μ (or on the sample z when sample=True)."""
+        cfg = self.cfg
+        if cfg.sparsifier == "jumprelu":
+            return z * (z > self.threshold)
+        if cfg.topk_family:
+            wants_threshold = cfg.sparsifier == "batchtopk" or cfg.inference == "threshold"
+            if wants_threshold and bool((self.threshold >= 0).all()):
+                score, _ = scores(z, cfg.topk_mode)
+                return z * (score > self.threshold)
+            if wants_threshold and cfg.sparsifier == "batchtopk" and not self._fallback_warned:
+                warnings.warn("threshold unset: inference falls back to batch top-k over this call's tokens")
+                self._fallback_warned = True
+        return self._train_code(z, pi_gate)[0]
+
+    # ---------------------------------------------------------------- inference API (§3.1)
+    def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        shape = x.shape
+        xt = self._centre(x.reshape(-1, shape[-1]))
+        mu, pi_gate = self._mean(xt)
+        if sample and self.cfg.is_variational:
+            mu = self._sample(mu, self._log_var(xt)[0], generator)
+        return self._infer_code(mu, pi_gate).reshape(*shape[:-1], self.cfg.d_sae)
+
+    def decode(self, f: Tensor) -> Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        return self.decode(self.encode(x, sample=sample, generator=generator))
+
+    # ---------------------------------------------------------------- training (§3.1, §5, §6)
+    def loss_terms(self, x: Tensor, ctx: StepContext) -> dict:
+        if self.space != "normalized":
+            raise VsaeError("loss_terms needs a training-space model: load it with space='normalized'")
+        cfg = self.cfg
+        x = x.reshape(-1, cfg.d_in)
+        xt = self._centre(x)
+        mu, pi_gate = self._mean(xt)
+        ell = ell_pre = None
+        z = mu
+        if cfg.is_variational:
+            ell, ell_pre = self._log_var(xt)
+            z = self._sample(mu, ell, ctx.generator)
+        f, mask = self._train_code(z, pi_gate)
+        x_hat = self.decode(f)
+        raw: dict[str, Tensor] = {}
+        terms = dict.fromkeys(TERM_KEYS, torch.zeros((), device=x.device))
+        terms["rec"] = self._reconstruction(x, f, raw)
+        norms = self.dec_norms()
+        self._sparsity_terms(x, z, mu, pi_gate, norms, ctx, terms, raw)
+        if cfg.topk_family:
+            terms["auxk"] = cfg.auxk_coeff * self._auxk(x, x_hat, z, ctx.dead, raw)
+        if cfg.variational:
+            kl = self._kl(mu, ell, mask, norms).mean()
+            raw["kl"] = kl.detach()
+            terms["kl"] = cfg.kl_coeff * ctx.kl_scale * kl
+        with torch.no_grad():
+            f_det, mask_det = self._train_code(mu, pi_gate) if cfg.is_variational else (f.detach(), mask)
+        out = {
+            "loss": sum(terms.values()),
+            "terms": terms,
+            "raw": raw,
+            "x_hat": x_hat.detach(),
+            "fired": (f_det != 0).any(dim=0),
+            "stats": self._threshold_stat(mu.detach(), mask_det) if cfg.topk_family else {},
+        }
+        out["f_det"] = f_det.detach()
+        if cfg.is_variational:
+            with torch.no_grad():
+                out["x_hat_det"] = self.decode(f_det)
+                out["sigma"] = torch.exp(0.5 * ell.detach()) * norms.detach()
+                out["mask_det"] = mask_det
+                bound = (ell_pre <= self.logvar_min) | (ell_pre >= self.logvar_max)
+                out["frac_logvar_at_bound"] = bound.float().mean()
+                out["f_sample"] = f.detach()
+        if self.p_state is not None:
+            out["stats"]["p_pair"] = self.p_state.pair(f.detach(), norms.detach())
+        return out
+
+    def _reconstruction(self, x: Tensor, f: Tensor, raw: dict) -> Tensor:
+        """Mean over tokens of ‖x − x̂‖²; matryoshka: the weighted sum over prefix reconstructions."""
+        cfg = self.cfg
+        if not cfg.group_fractions:
+            rec = (x - self.decode(f)).square().sum(dim=-1).mean()
+            raw["rec"] = rec.detach()
+            return rec
+        ends, weights = self.group_ends(), self.group_weights()
+        partial, start, total = self.b_dec.expand_as(x), 0, 0
+        for i, (end, w) in enumerate(zip(ends, weights, strict=True)):
+            partial = partial + f[:, start:end] @ self.W_dec[start:end]
+            rec_i = (x - partial).square().sum(dim=-1).mean()
+            raw[f"rec_g{i}"] = rec_i.detach()
+            total = total + w * rec_i
+            start = end
+        raw["rec"] = total.detach()
+        return total
+
+    def group_ends(self) -> list[int]:
+        f = self.cfg.d_sae
+        sizes = [math.floor(p * f) for p in self.cfg.group_fractions[:-1]]
+        sizes.append(f - sum(sizes))
+        return [sum(sizes[: i + 1]) for i in range(len(sizes))]
+
+    def group_weights(self) -> list[float]:
+        g = len(self.cfg.group_fractions)
+        return list(self.cfg.group_weights) or [1.0 / g] * g
+
+    def _sparsity_terms(self, x, z, mu, pi_gate, norms, ctx, terms, raw) -> None:
+        """L1 (relu/gate), Lp (panneal), L0 (jumprelu) and the gated auxiliary reconstruction."""
+        cfg = self.cfg
+        s = ctx.sparsity_scale
+        if cfg.sparsifier == "gate":
+            l1 = (norms * torch.relu(pi_gate)).sum(dim=-1).mean()
+            raw["l1"] = raw["l1_gate"] = l1.detach()
+            terms["l1"] = cfg.l1_coeff * s * l1
+            frozen = torch.relu(pi_gate) @ self.W_dec.detach() + self.b_dec.detach()
+            aux = (x - frozen).square().sum(dim=-1).mean()
+            raw["aux_gate"] = aux.detach()
+            terms["aux_gate"] = cfg.aux_coeff * aux
+        elif cfg.sparsifier == "relu" and self.p_state is not None:
+            if self.p_state.total is None:
+                self.p_state.start(ctx.total_steps)
+            lp = self.p_state.penalty(mu, norms, self.p_state.p)
+            raw["lp"] = lp.detach()
+            terms["lp"] = self.p_state.alpha * s * lp
+        elif cfg.sparsifier == "relu":
+            l1 = (norms * mu.abs()).sum(dim=-1).mean()
+            raw["l1"] = l1.detach()
+            terms["l1"] = cfg.l1_coeff * s * l1
+        elif cfg.sparsifier == "jumprelu":
+            l0 = step(z, self.threshold, cfg.bandwidth).sum(dim=-1).mean()
+            raw["l0"] = l0.detach()
+            penalty = (l0 / cfg.l0_target - 1).square() if cfg.l0_mode == "target" else l0
+            terms["l0"] = cfg.l1_coeff * s * penalty
+
+    def _auxk(self, x: Tensor, x_hat: Tensor, z: Tensor, dead: Tensor | None, raw: dict) -> Tensor:
+        """AuxK (§3.4): dead latents reconstruct the detached residual; exactly 0 with none dead."""
+        if dead is None or not bool(dead.any()):
+            raw["auxk"] = torch.zeros((), device=x.device)
+            return torch.zeros((), device=x.device)
+        e = (x - x_hat).detach()
+        score, eligible = scores(z, self.cfg.topk_mode)
+        k_aux = min(self.cfg.resolved_aux_k, int(dead.sum()))
+        mask = topk_mask(score, eligible & dead, k_aux)
+        e_hat = (z * mask) @ self.W_dec
+        denom = (e - e.mean(dim=0)).square().sum().clamp_min(1e-12)
+        aux = (e - e_hat).square().sum() / denom
+        raw["auxk"] = aux.detach()
+        return aux
+
+    def _kl(self, mu: Tensor, ell: Tensor | None, mask: Tensor, norms: Tensor) -> Tensor:
+        """Per-token KL on unit-equivalent μ̃ = n μ, ℓ̃ = ℓ + 2 ln n over the configured scope."""
+        cfg = self.cfg
+        mu_t = mu * norms
+        ell_t = None if ell is None else ell + 2 * torch.log(norms)
+        scope = mask if cfg.kl_scope == "selected" else None
+        if cfg.prior == "equicorr":
+            return priors.kl_equicorr(mu_t, ell_t, cfg.corr_rate)
+        if cfg.prior == "permean":
+            return priors.kl_permean(mu_t, ell_t, self.prior_mean, cfg.prior_std, scope)
+        return priors.kl_iso(mu_t, ell_t, scope)
+
+    def _threshold_stat(self, mu: Tensor, mask: Tensor) -> dict:
+        """The per-step statistic the θ EMA follows (§3.5); None when undefined."""
+        score, _ = scores(mu, self.cfg.topk_mode)
+        positive = mask & (score > 0)
+        if not bool(positive.any()):
+            return {"theta_stat": None}
+        if self.cfg.sparsifier == "topk":
+            rows = positive.any(dim=-1)
+            row_min = torch.where(mask, score, torch.full_like(score, torch.inf)).min(dim=-1).values
+            return {"theta_stat": row_min[rows].mean()}
+        return {"theta_stat": torch.where(positive, score, torch.full_like(score, torch.inf)).min()}
+
+    # ---------------------------------------------------------------- hooks (§3.1)
+    @torch.no_grad()
+    def init_from_batch(self, x: Tensor) -> None:
+        if self.cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(x.reshape(-1, self.cfg.d_in)[:65536]))
+
+    @torch.no_grad()
+    def after_step(self, ctx: StepContext, out: dict) -> None:
+        cfg = self.cfg
+        if cfg.sparsifier == "jumprelu":
+            self.threshold.clamp_(min=1e-6)
+        if cfg.topk_family:
+            self._update_threshold(ctx, out["stats"].get("theta_stat"))
+        if self.p_state is not None:
+            self.p_state.after_step(ctx, out["stats"].get("p_pair"))
+
+    def threshold_decay(self, total_steps: int) -> float:
+        return min(self.cfg.threshold_beta, max(0.0, 1 - 20 / total_steps))
+
+    def _update_threshold(self, ctx: StepContext, stat: Tensor | None) -> None:
+        if stat is None or ctx.step < n_steps(self.cfg.threshold_start_frac, ctx.total_steps):
+            return
+        if bool((self.threshold < 0).any()):
+            self.threshold.fill_(float(stat))
+        else:
+            b = self.threshold_decay(ctx.total_steps)
+            self.threshold.mul_(b).add_((1 - b) * stat)
+
+
+class _PAnneal:
+    """p-annealing state (§5.8): switch steps, active p, α and the continuity queue."""
+
+    def __init__(self, cfg: SAEConfig):
+        self.cfg = cfg
+        self.alpha = cfg.l1_coeff
+        self.total = None
+        self.index = 0
+        self.queue: list[tuple[float, float]] = []
+        self.p = cfg.p_start
+
+    def schedule(self, total: int) -> tuple[list[int], list[float]]:
+        cfg = self.cfg
+        b = min(total - 1, n_steps(cfg.anneal_end_frac, total))
+        a = min(n_steps(cfg.anneal_start_frac, total), b)
+        m = cfg.n_p_updates
+        t = [a + (2 * i * (b - a) + m - 1) // (2 * (m - 1)) for i in range(m)]
+        p = [cfg.p_start + i * (cfg.p_end - cfg.p_start) / (m - 1) for i in range(m)]
+        return t, p
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self._advance(0)
+
+    def _advance(self, step_index: int) -> None:
+        ts, ps = self.schedule(self.total)
+        active = max((i for i, t in enumerate(ts) if t <= step_index), default=-1)
+        if active >= 0 and active != self.index:
+            if self.queue and sum(b for _, b in self.queue) != 0:
+                self.alpha *= sum(a for a, _ in self.queue) / sum(b for _, b in self.queue)
+            self.queue.clear()
+        if active >= 0:
+            self.index = active
+        self.p = ps[active] if active >= 0 else self.cfg.p_start
+
+    def next_p(self) -> float | None:
+        ts, ps = self.schedule(self.total)
+        return ps[self.index + 1] if self.index + 1 < len(ps) else None
+
+    @staticmethod
+    def penalty(mu: Tensor, norms: Tensor, p: float) -> Tensor:
+        active = mu > 0
+        base = torch.clamp(norms * mu, min=1e-6)
+        return (torch.where(active, base.pow(p), torch.zeros_like(base))).sum(dim=-1).mean()
+
+    def pair(self, f: Tensor, norms: Tensor):
+        nxt = self.next_p()
+        if nxt is None:
+            return None
+        return float(self.penalty(f, norms, self.p)), float(self.penalty(f, norms, nxt))
+
+    def after_step(self, ctx: StepContext, pair) -> None:
+        if self.total is None:
+            self.start(ctx.total_steps)
+        if pair is not None:
+            self.queue.append(pair)
+            del self.queue[: -self.cfg.p_queue_len]
+        self._advance(ctx.step + 1)
+
+    def state_dict(self) -> dict:
+        return {"alpha": self.alpha, "index": self.index, "queue": list(self.queue), "p": self.p, "total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.alpha, self.index, self.p, self.total = state["alpha"], state["index"], state["p"], state["total"]
+        self.queue = [tuple(q) for q in state["queue"]]
+
+
+def geometric_median(x: Tensor, max_iter: int = 100) -> Tensor:
+    """Weiszfeld iterations from the mean (§3.7)."""
+    x = x.double()
+    m = x.mean(dim=0)
+    for _ in range(max_iter):
+        w = 1 / torch.clamp((x - m).norm(dim=1), min=1e-8)
+        new = (w[:, None] * x).sum(dim=0) / w.sum()
+        done = (new - m).norm() < 1e-6 * (1 + new.norm())
+        m = new
+        if done:
+            break
+    return m.float()

@@ -1,0 +1,3 @@
+from vsae.cli.app import main
+
+main()

@@ -1,0 +1,219 @@
+"""`vsae` command line: argument parsing and presentation only; the stages do the work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vsae.archs.config import SAEConfig, field_help
+from vsae.archs.registry import ARCHS
+from vsae.errors import VsaeError
+from vsae.evaluate.core import EvalConfig
+from vsae.harvest.loop import HarvestConfig
+from vsae.harvest.models import ALIASES, PACKAGED
+from vsae.progress import console
+from vsae.train.config import TrainConfig
+
+app = typer.Typer(
+    help="Harvest LM activations into a compressed Zarr store, train SAEs and variational SAEs on them, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+H = field_help(HarvestConfig)
+T = field_help(TrainConfig)
+E = field_help(EvalConfig)
+M = field_help(SAEConfig)
+ARCH_LIST = ", ".join(ARCHS)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise VsaeError(f"{what} must be comma-separated integers (got {text!r})") from exc
+
+
+@app.command()
+def harvest(
+    model: Annotated[str, typer.Argument(help=f"{H['model']} Aliases: {PACKAGED}, {', '.join(ALIASES)}.")],
+    layer: Annotated[str, typer.Option(help="Layer(s), comma-separated, e.g. 1 or 1,3.")] = "1",
+    site: Annotated[str, typer.Option(help=H["sites"] + " Comma-separated for several.")] = "resid_post",
+    dataset: Annotated[str, typer.Option(help=H["dataset"])] = "shakespeare",
+    split: Annotated[str, typer.Option(help=H["split"])] = "train",
+    dataset_revision: Annotated[str | None, typer.Option(help=H["dataset_revision"])] = None,
+    text_column: Annotated[str, typer.Option(help=H["text_column"])] = "text",
+    tokens: Annotated[int, typer.Option(help=H["tokens"])] = 200_000,
+    ctx_len: Annotated[int, typer.Option(help=H["ctx_len"])] = 128,
+    batch_size: Annotated[int, typer.Option(help=H["batch_size"])] = 16,
+    store: Annotated[str, typer.Option(help=H["store"])] = "./acts",
+    dtype: Annotated[str, typer.Option(help=H["dtype"])] = "bfloat16",
+    chunk_tokens: Annotated[int, typer.Option(help=H["chunk_tokens"])] = 4096,
+    shard_chunks: Annotated[int, typer.Option(help=H["shard_chunks"])] = 16,
+    heldout_fraction: Annotated[float, typer.Option(help=H["heldout_fraction"])] = 0.05,
+    seed: Annotated[int, typer.Option(help=H["seed"])] = 0,
+    keep_special: Annotated[bool, typer.Option(help="Store BOS/EOS/pad positions too.")] = False,
+    force: Annotated[bool, typer.Option(help=H["force"])] = False,
+    revision: Annotated[str | None, typer.Option(help=H["revision"])] = None,
+    device: Annotated[str, typer.Option(help=H["device"])] = "cpu",
+) -> None:
+    """Run MODEL over a text dataset and store activations and token ids, once per model/site/layer."""
+    from vsae.harvest.loop import harvest as run
+
+    cfg = HarvestConfig(
+        model=model, layers=_ints(layer, "--layer"), sites=[s.strip() for s in site.split(",") if s.strip()],
+        dataset=dataset, split=split, dataset_revision=dataset_revision, text_column=text_column, tokens=tokens,
+        ctx_len=ctx_len, batch_size=batch_size, store=store, dtype=dtype, chunk_tokens=chunk_tokens,
+        shard_chunks=shard_chunks, heldout_fraction=heldout_fraction, seed=seed, exclude_special=not keep_special,
+        force=force, revision=revision, device=device,
+    )
+    result = run(cfg)
+    for line in result.get("skipped", []):
+        console.print(f"[yellow]skipped:[/] {line}")
+    for path, summary in result.get("tables", {}).items():
+        console.print(f"wrote {store}/{path}: {summary['tokens']:,} tokens ({summary['heldout_tokens']:,} held out)")
+
+
+def _parse_sets(values: list[str]) -> dict:
+    """`--set key=value` pairs, typed by the SAEConfig field they name."""
+    import dataclasses
+
+    types = {f.name: f.type for f in dataclasses.fields(SAEConfig)}
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise VsaeError(f"--set expects KEY=VALUE (got {item!r})")
+        key, raw = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in types:
+            raise VsaeError(f"unknown hyper-parameter {key!r}; valid: {', '.join(sorted(types))}")
+        out[key] = _coerce(raw, str(types[key]), key)
+    return out
+
+
+def _coerce(raw: str, typ: str, key: str):
+    try:
+        if raw.lower() in ("none", "null", "auto") and "None" in typ:
+            return None
+        if typ.startswith("bool"):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "1")
+        if typ.startswith("int"):
+            return int(raw)
+        if typ.startswith("float"):
+            return float(raw)
+        if typ.startswith("list"):
+            return [float(v) for v in raw.split(",") if v]
+        return raw
+    except ValueError as exc:
+        raise VsaeError(f"--set {key}={raw!r}: expected {typ}") from exc
+
+
+@app.command()
+def train(
+    store: Annotated[str, typer.Option(help="Store to train on (see `vsae info`).")] = "./acts",
+    arch: Annotated[list[str], typer.Option(help=f"Architecture; repeat to train several from one pass: {ARCH_LIST}.")] = ["topk"],  # noqa: B006
+    model: Annotated[str | None, typer.Option(help="Model slug of the table (needed only if the store has several).")] = None,
+    layer: Annotated[int | None, typer.Option(help="Layer of the table.")] = None,
+    site: Annotated[str | None, typer.Option(help="Site of the table.")] = None,
+    dict_size: Annotated[int | None, typer.Option(help="Dictionary size F.")] = None,
+    expansion: Annotated[int | None, typer.Option(help="F = expansion × d_in (default 8).")] = None,
+    k: Annotated[int | None, typer.Option(help=M["k"])] = None,
+    var_flag: Annotated[int | None, typer.Option(help=M["var_flag"])] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Any architecture hyper-parameter as KEY=VALUE (e.g. kl_scope=selected).")] = [],  # noqa: B006
+    steps: Annotated[int | None, typer.Option(help=T["steps"])] = None,
+    tokens: Annotated[int | None, typer.Option(help=T["tokens"])] = None,
+    batch_size: Annotated[int, typer.Option(help=T["batch_size"])] = 4096,
+    lr: Annotated[float | None, typer.Option(help=T["lr"])] = None,
+    seed: Annotated[int, typer.Option(help=T["seed"])] = 0,
+    log_every: Annotated[int, typer.Option(help=T["log_every"])] = 25,
+    save_every: Annotated[int, typer.Option(help=T["save_every"])] = 0,
+    device: Annotated[str, typer.Option(help=T["device"])] = "cpu",
+    out: Annotated[Path, typer.Option(help="Output folder; each SAE gets <out>/<arch>_<F>_s<seed>/.")] = Path("ckpt"),
+    resume: Annotated[bool, typer.Option(help="Continue the runs in --out exactly where they stopped.")] = False,
+) -> None:
+    """Train one or more SAEs on shuffled batches from a store (one pass shared by all of them)."""
+    from vsae.train.loop import SAESpec
+    from vsae.train.loop import train as run
+
+    if dict_size is not None and expansion is not None:
+        raise VsaeError("give --dict-size or --expansion, not both")
+    overrides = _parse_sets(set_)
+    if k is not None:
+        overrides["k"] = k
+    if var_flag is not None:
+        overrides["var_flag"] = var_flag
+    specs = [SAESpec(a, d_sae=dict_size, expansion=expansion, overrides=dict(overrides)) for a in arch]
+    tcfg = TrainConfig(lr=lr, batch_size=batch_size, steps=steps, tokens=tokens, seed=seed, log_every=log_every,
+                       save_every=save_every, device=device)
+    run(store, specs, tcfg, out, model=model, site=site, layer=layer, resume=resume)
+
+
+@app.command("eval")
+def eval_(
+    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint folders, or folders holding several runs.")],
+    store: Annotated[str | None, typer.Option(help=E["store"])] = None,
+    max_tokens: Annotated[int, typer.Option(help=E["max_tokens"])] = 65_536,
+    batch_size: Annotated[int, typer.Option(help=E["batch_size"])] = 4096,
+    ce: Annotated[bool, typer.Option(help=E["ce"])] = True,
+    ce_windows: Annotated[int, typer.Option(help=E["ce_windows"])] = 32,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write all results to this JSON file.")] = None,
+) -> None:
+    """Evaluate checkpoints on held-out store tokens: FVE, L0, dead latents, CE-loss recovered, KL."""
+    from vsae.evaluate.core import evaluate, find_checkpoints
+    from vsae.evaluate.report import comparison_table
+
+    cfg = EvalConfig(store=store, max_tokens=max_tokens, batch_size=batch_size, ce=ce, ce_windows=ce_windows)
+    results = [evaluate(p, cfg) for p in find_checkpoints(checkpoints)]
+    console.print(comparison_table(results))
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2))
+
+
+@app.command()
+def info(
+    store: Annotated[str, typer.Argument(help="Store root (local path or fsspec URL).")] = "./acts",
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """List the tables of a store: model, site, layer, tokens, dtype, size on disk, provenance."""
+    from vsae.store.info import describe, info_table
+
+    rows = describe(store)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        console.print(info_table(store, rows))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's store and checkpoints.")] = Path("demo-out"),
+    tokens: Annotated[int, typer.Option(help="Tokens of Shakespeare to harvest.")] = 200_000,
+    layer: Annotated[int, typer.Option(help="SmolLM2 layer (resid_post).")] = 3,
+) -> None:
+    """Offline demo: SmolLM2-135M over Shakespeare → store → topk and vsae_topk → comparison table."""
+    from vsae.demo import run_demo
+
+    run_demo(out, tokens=tokens, layer=layer)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except VsaeError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]; a harvest resumes from its last commit, a training run with --resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Held-out core metrics (spec §7) of a checkpoint, measured with the inference rule `encode`."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vsae.archs.checkpoint import convert_space, load_sae, read_cfg
+from vsae.archs.sae import SAE
+from vsae.archs.steps import EPS_STREAM, make_generator
+from vsae.errors import VsaeError
+from vsae.metrics import Accumulator
+from vsae.store.table import Table, open_table
+
+
+@dataclass
+class EvalConfig:
+    """Options of `vsae eval`."""
+
+    store: str | None = None
+    """Store holding the checkpoint's table (default: the store it was trained on)."""
+    max_tokens: int = 65_536
+    """Held-out tokens for the core metrics."""
+    batch_size: int = 4096
+    """Tokens per evaluation batch (results do not depend on it)."""
+    ce: bool = True
+    """Also measure CE-loss and KL recovered through the model (needs the model)."""
+    ce_windows: int = 32
+    """Held-out context windows for CE-loss recovered."""
+
+
+def find_checkpoints(paths: list[str]) -> list[Path]:
+    """Checkpoint folders: each path itself, or the run folders directly below it."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise VsaeError(f"checkpoint {p} does not exist")
+        if (p / "cfg.json").exists():
+            found.append(p)
+        elif p.is_dir():
+            found.extend(sorted(c.parent for c in p.glob("*/cfg.json")))
+    if not found:
+        raise VsaeError(f"no checkpoints (folders with cfg.json) in {', '.join(paths)}; train one with `vsae train`")
+    return found
+
+
+def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
+    """Core metrics (and CE/KL recovered) for one checkpoint; also written to `<path>/eval.json`."""
+    meta = read_cfg(path)
+    sae = load_sae(path)
+    prov = meta["provenance"]
+    store = cfg.store or prov.get("store")
+    if store is None:
+        raise VsaeError(f"{path} does not record its store; pass --store")
+    table = open_table(store, prov["store_table"].split("/")[0], prov["site"], prov["layer"])
+    if table.d != sae.cfg.d_in:
+        raise VsaeError(f"{path} has d_in={sae.cfg.d_in} but table {table.path} has d={table.d}")
+    result = {"checkpoint": str(path), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae}
+    result |= core_metrics(sae, table, meta["norm_factor"], cfg)
+    if cfg.ce:
+        from vsae.evaluate.patching import ce_recovered
+
+        result |= ce_recovered(sae, table, max_windows=cfg.ce_windows, lm=lm)
+    (Path(path) / "eval.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+@torch.no_grad()
+def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig) -> dict:
+    start = table.n_train
+    stop = min(table.n_tokens, start + cfg.max_tokens)
+    if stop <= start:
+        raise VsaeError(f"table {table.path} has no held-out tokens; harvest with --heldout-fraction > 0")
+    norm = convert_space(sae, c, "normalized")
+    acc, acc_sample = Accumulator(), Accumulator()
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    extra = {"l0_train_rule": 0.0, "kl": 0.0, "sigma": 0.0, "at_bound": 0.0}
+    gen = make_generator(0, EPS_STREAM)
+    for b in range(start, stop, cfg.batch_size):
+        x = table.read(b, min(stop, b + cfg.batch_size))  # raw space
+        f = sae.encode(x)
+        acc.update(x, sae.decode(f), f)
+        fired |= (f != 0).any(dim=0)
+        xn = x / c
+        xt = norm._centre(xn)
+        mu, pi_gate = norm._mean(xt)
+        extra["l0_train_rule"] += float((norm._train_code(mu, pi_gate)[1]).sum())
+        if sae.cfg.variational:
+            ell = None
+            if sae.cfg.is_variational:
+                ell, pre = norm._log_var(xt)
+                extra["sigma"] += float((torch.exp(0.5 * ell) * norm.dec_norms()).mean(dim=-1).sum())
+                extra["at_bound"] += float(((pre <= norm.logvar_min) | (pre >= norm.logvar_max)).float().mean(-1).sum())
+                fs = sae.encode(x, sample=True, generator=gen)
+                acc_sample.update(x, sae.decode(fs), fs)
+            mask = norm._train_code(mu, pi_gate)[1]
+            extra["kl"] += float(norm._kl(mu, ell, mask, norm.dec_norms()).sum())
+    n = stop - start
+    core = acc.result()
+    out = {
+        "heldout_tokens": n,
+        "mse": core["mse"] / c**2,
+        "mse_raw": core["mse"],
+        "mse_elem": core["mse"] / c**2 / sae.cfg.d_in,
+        "fve": core["fve"],
+        "l0": core["l0"],
+        "l0_train_rule": extra["l0_train_rule"] / n,
+        "l1": core["l1"] / c,
+        "frac_alive": float(fired.float().mean()),
+        "cos_sim": core["cos_sim"],
+        "rel_recon_bias": core["rel_recon_bias"],
+        "norm_factor": c,
+    }
+    if sae.cfg.variational:
+        out["kl"] = extra["kl"] / n
+        out["fve_mean"] = core["fve"]
+    if sae.cfg.is_variational:
+        sample = acc_sample.result()
+        out |= {"fve_sample": sample["fve"], "l0_sample": sample["l0"], "sigma_mean": extra["sigma"] / n,
+                "frac_logvar_at_bound": extra["at_bound"] / n}
+    return {k: (float(v) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}

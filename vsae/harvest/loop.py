@@ -1,0 +1,185 @@
+"""The harvest: text → packed windows → one nnsight forward per batch (stopped after the deepest site)
+→ one table per site, written a shard at a time and resumable from the last commit."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+import vsae
+from vsae.errors import VsaeError
+from vsae.harvest.models import load_model
+from vsae.harvest.sites import Site, envoy_at, resolve_site
+from vsae.harvest.text import TextSource, Window, documents, pack
+from vsae.progress import Progress
+from vsae.store.layout import open_root, table_path
+from vsae.store.writer import AlreadyHarvested, TableWriter
+
+
+@dataclass
+class HarvestConfig:
+    """Options of `vsae harvest`."""
+
+    model: str = "smollm2-135m"
+    """Model: an alias (pythia-70m, smollm2-135m, ...), a hub id or a local directory."""
+    layers: list[int] = field(default_factory=lambda: [1])
+    """Layers to harvest (several in one forward pass)."""
+    sites: list[str] = field(default_factory=lambda: ["resid_post"])
+    """Sites: resid_pre, attn_out, mlp_out, resid_post."""
+    dataset: str = "shakespeare"
+    """Text: shakespeare or pydoc (offline), a local .txt/.jsonl/.parquet file or folder, or a datasets id."""
+    split: str = "train"
+    """Split of a datasets id."""
+    dataset_revision: str | None = None
+    """Revision of a datasets id."""
+    text_column: str = "text"
+    """Column holding the text (jsonl, parquet, datasets)."""
+    tokens: int = 200_000
+    """Tokens to store (special tokens excluded)."""
+    ctx_len: int = 128
+    """Context window length in tokens, BOS included."""
+    batch_size: int = 16
+    """Windows per forward pass."""
+    store: str = "./acts"
+    """Store root: a local path or an fsspec URL."""
+    dtype: str = "bfloat16"
+    """Stored dtype: bfloat16 (default), float16 (overflow checked) or float32."""
+    chunk_tokens: int = 4096
+    """Tokens per Zarr chunk (the unit the reader shuffles)."""
+    shard_chunks: int = 16
+    """Chunks per shard file (the unit a harvest commits and resumes from)."""
+    heldout_fraction: float = 0.05
+    """Fraction of chunks at the end kept out of training for evaluation."""
+    seed: int = 0
+    """Seed of the document shuffle."""
+    exclude_special: bool = True
+    """Leave BOS/EOS/pad positions out of the store."""
+    force: bool = False
+    """Redo a complete table."""
+    revision: str | None = None
+    """Model revision on the hub."""
+    device: str = "cpu"
+    """Device of the forward pass."""
+
+
+def harvest(cfg: HarvestConfig, show_progress: bool = True) -> dict:
+    """Harvest every (layer, site) of `cfg` into its table; returns a summary per table."""
+    if cfg.tokens < 1:
+        raise VsaeError(f"--tokens must be positive (got {cfg.tokens})")
+    if not 0 <= cfg.heldout_fraction < 1:
+        raise VsaeError(f"--heldout-fraction must lie in [0, 1) (got {cfg.heldout_fraction})")
+    loaded = load_model(cfg.model, revision=cfg.revision)
+    model = loaded.model.to(cfg.device)
+    sites = sorted(
+        (resolve_site(model, s, layer) for layer in cfg.layers for s in cfg.sites), key=lambda s: s.order
+    )
+    if cfg.ctx_len > getattr(model.config, "max_position_embeddings", cfg.ctx_len):
+        raise VsaeError(f"--ctx-len {cfg.ctx_len} exceeds the model's {model.config.max_position_embeddings} positions")
+    root = open_root(cfg.store, "a")
+    writers, skipped = _open_writers(root, cfg, loaded, sites)
+    if not writers:
+        return {"skipped": skipped}
+    from nnsight.modeling.transformers import TransformersModel
+
+    lm = TransformersModel(model, tokenizer=loaded.tokenizer, task="text-generation")
+    src = TextSource(cfg.dataset, cfg.split, cfg.dataset_revision, cfg.text_column, cfg.seed)
+    start_window, offset = writers[0][1].resume_cursor
+    done = writers[0][1].progress["tokens"]
+    windows = pack(documents(src), loaded.tokenizer, cfg.ctx_len, cfg.exclude_special)
+    windows = itertools.islice(windows, start_window, None)  # packing is cheap: skip without a forward
+    with Progress("harvest", total=cfg.tokens, unit="tok", enabled=show_progress) as bar:
+        bar.advance(done)
+        while done < cfg.tokens:
+            batch = list(itertools.islice(windows, cfg.batch_size))
+            if not batch:
+                break
+            acts = _forward(lm, [s for s, _ in writers], batch, cfg.device)
+            for i, win in enumerate(batch):
+                rows = np.flatnonzero(win.keep)
+                if win.index == start_window and offset:
+                    rows = rows[offset:]
+                rows = rows[: cfg.tokens - done]
+                meta = np.stack([win.docs[rows], np.full(len(rows), win.index), rows], axis=1).astype(np.int32)
+                for (_, writer), a in zip(writers, acts, strict=True):
+                    writer.add_window(win.index, win.ids)
+                    writer.add(a[i, rows], win.ids[rows], meta)
+                done += len(rows)
+                bar.advance(len(rows))
+                if done >= cfg.tokens:
+                    break
+    summary = {w.path: w.finish(cfg.heldout_fraction) for _, w in writers}
+    return {"tables": summary, "skipped": skipped}
+
+
+def _open_writers(root, cfg: HarvestConfig, loaded, sites: list[Site]):
+    writers, skipped = [], []
+    for site in sites:
+        path = table_path(loaded.model_id, site.site, site.layer)
+        config = {
+            "model_id": loaded.model_id,
+            "site": site.site,
+            "layer": site.layer,
+            "dataset": cfg.dataset,
+            "split": cfg.split,
+            "dataset_revision": cfg.dataset_revision,
+            "text_column": cfg.text_column,
+            "seed": cfg.seed,
+            "ctx_len": cfg.ctx_len,
+            "dtype": cfg.dtype,
+            "tokens": cfg.tokens,
+            "exclude_special": cfg.exclude_special,
+            "chunk_tokens": cfg.chunk_tokens,
+            "shard_chunks": cfg.shard_chunks,
+        }
+        tok = loaded.tokenizer
+        provenance = {
+            "model_id": loaded.model_id,
+            "model_revision": loaded.revision,
+            "model_source": loaded.source,
+            "model_type": loaded.model.config.model_type,
+            "site": site.site,
+            "layer": site.layer,
+            "module_path": site.module_path,
+            "port": site.port,
+            "hook_name": site.hook_name,
+            "tokenizer": getattr(tok, "name_or_path", ""),
+            "bos_policy": "bos_per_window" if tok.bos_token_id is not None else "none",
+            "special_ids": sorted(int(i) for i in tok.all_special_ids),
+            "vsae_version": vsae.__version__,
+            "harvest": asdict(cfg),
+        }
+        try:
+            writer = TableWriter(
+                root, path, d=int(loaded.model.config.hidden_size), config=config, provenance=provenance,
+                chunk_tokens=cfg.chunk_tokens, shard_chunks=cfg.shard_chunks, vocab_size=len(tok),
+                ctx_len=cfg.ctx_len, force=cfg.force,
+            )
+        except AlreadyHarvested as done:
+            skipped.append(str(done))
+            continue
+        writers.append((site, writer))
+    cursors = {w.resume_cursor for _, w in writers}
+    if len(cursors) > 1:
+        raise VsaeError("the requested tables stopped at different points; harvest them one at a time to resume")
+    return writers, skipped
+
+
+@torch.inference_mode()
+def _forward(lm, sites: list[Site], batch: list[Window], device: str) -> list[torch.Tensor]:
+    """One forward pass saving every site, stopped right after the deepest one; [B, L, d] fp32 each."""
+    ids = torch.from_numpy(np.stack([w.ids for w in batch])).to(device)
+    saved = []
+    with lm.trace({"input_ids": ids, "attention_mask": torch.ones_like(ids)}) as tracer:
+        for site in sites:
+            envoy = envoy_at(lm, site.module_path)
+            value = envoy.input if site.port == "input" else envoy.output
+            saved.append(value.save())
+        tracer.stop()
+    out = []
+    for value in saved:
+        value = value[0] if isinstance(value, tuple) else value
+        out.append(value.detach().float().cpu())
+    return out

@@ -1,0 +1,64 @@
+"""`vsae info`: what a store holds and what it costs on disk."""
+
+from __future__ import annotations
+
+import fsspec
+from rich.table import Table as RichTable
+
+from vsae.store.layout import open_root
+from vsae.store.table import list_tables
+
+
+def _bytes_on_disk(store: str, path: str) -> int:
+    fs, root = fsspec.core.url_to_fs(store)
+    return int(fs.du(f"{root.rstrip('/')}/{path}", total=True))
+
+
+def describe(store: str) -> list[dict]:
+    """One dict per table: identity, size, dtype, split, provenance."""
+    root = open_root(store, "r")
+    rows = []
+    for path in list_tables(root):
+        group = root[path]
+        attrs = dict(group.attrs)
+        acts = group["activations"]
+        n, d = acts.shape
+        on_disk = _bytes_on_disk(store, path)
+        fp32 = n * d * 4
+        prov = attrs.get("provenance", {})
+        rows.append(
+            {
+                "table": path,
+                "model": prov.get("model_id"),
+                "site": prov.get("site"),
+                "layer": prov.get("layer"),
+                "hook_name": prov.get("hook_name"),
+                "complete": bool(attrs.get("complete")),
+                "tokens": int(n),
+                "d": int(d),
+                "dtype": attrs.get("dtype"),
+                "bytes_on_disk": on_disk,
+                "bytes_per_token": on_disk / n if n else None,
+                "compression_vs_fp32": fp32 / on_disk if on_disk else None,
+                "heldout_fraction": attrs.get("heldout_fraction"),
+                "heldout_tokens": attrs.get("heldout_tokens"),
+                "progress": attrs.get("progress"),
+                "config": attrs.get("config"),
+                "provenance": prov,
+            }
+        )
+    return rows
+
+
+def info_table(store: str, rows: list[dict]) -> RichTable:
+    table = RichTable(title=f"store {store}")
+    for col in ("table", "model", "hook", "tokens", "d", "dtype", "on disk", "B/token", "vs fp32", "held out", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["table"], str(r["model"]), str(r["hook_name"]), f"{r['tokens']:,}", str(r["d"]), str(r["dtype"]),
+            f"{r['bytes_on_disk'] / 2**20:.1f} MiB", f"{r['bytes_per_token'] or 0:.0f}",
+            f"{r['compression_vs_fp32'] or 0:.2f}×", f"{r['heldout_tokens'] or 0:,}",
+            "complete" if r["complete"] else f"partial ({r['progress']['tokens']:,} tokens)",
+        )
+    return table

@@ -1,0 +1,84 @@
+"""Zarr v3 store layout: one table per model/site/layer, dtypes, codecs, opening roots (DESIGN.md, Store).
+
+    <root>/<model-slug>/<site>.<layer>/
+        activations  (n_tokens, d)  bf16 as uint16 words | float16 | float32; Blosc-zstd + crc32c, sharded
+        tokens       (n_tokens,)    uint16 when the vocabulary fits, else uint32
+        doc_pos      (n_tokens, 3)  int32: document index, context-window index, position in the window
+        contexts     (n_windows, ctx_len)  every window's full token ids, specials included (CE eval, dashboards)
+        chunk_sum    (n_chunks, d)  float64 per-chunk Σx of the stored values (norm factor, mean)
+        chunk_sumsq  (n_chunks,)    float64 per-chunk Σ‖x‖²
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from vsae.errors import VsaeError
+
+FORMAT_VERSION = 1
+STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+FP16_MAX = 65504.0
+
+
+def compressors() -> list:
+    """Byte-shuffled Blosc zstd (best ratio on 16-bit activations, OFFLINE.md) plus a crc32c checksum."""
+    return [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec()]
+
+
+def model_slug(model_id: str) -> str:
+    """`EleutherAI/pythia-70m-deduped` → `pythia-70m-deduped`; local dirs use their folder name."""
+    name = os.path.basename(os.path.normpath(model_id)) or model_id
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).lower()
+
+
+def table_path(model_id: str, site: str, layer: int) -> str:
+    return f"{model_slug(model_id)}/{site}.{layer}"
+
+
+def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
+    """fp32 activations → the stored words; fp16 overflow is an error, never a silent inf."""
+    if dtype not in STORAGE_DTYPES:
+        raise VsaeError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
+    if dtype == "float16":
+        peak = float(x.abs().max()) if x.numel() else 0.0
+        if peak > FP16_MAX:
+            raise VsaeError(
+                f"activation magnitude {peak:.0f} overflows float16 (max {FP16_MAX:.0f}); use --dtype bfloat16 or float32"
+            )
+    y = x.to(TORCH_DTYPES[dtype])
+    if dtype == "bfloat16":
+        y = y.view(torch.uint16)
+    return y.contiguous().numpy()
+
+
+def from_storage(words: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored words → fp32 torch tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(words))
+    if dtype == "bfloat16":
+        t = t.view(torch.bfloat16)
+    return t.float()
+
+
+def token_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def open_root(url: str, mode: str) -> zarr.Group:
+    """Open a store root (local path or fsspec URL: file://, memory://, s3://, gs://)."""
+    local = "://" not in url or url.startswith("file://")
+    path = url[len("file://") :] if url.startswith("file://") else url
+    if local and os.path.isfile(path):
+        raise VsaeError(f"store path {url} is a file, not a directory; choose another --store")
+    if mode == "r" and local and not os.path.isdir(path):
+        raise VsaeError(f"store {url} does not exist; create it with `vsae harvest MODEL --store {url}`")
+    try:
+        return zarr.open_group(url, mode=mode)
+    except FileNotFoundError as exc:
+        raise VsaeError(f"store {url} does not exist; create it with `vsae harvest MODEL --store {url}`") from exc

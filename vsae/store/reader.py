@@ -1,0 +1,90 @@
+"""Shuffled training batches: a seeded chunk permutation per epoch, tokens mixed across a buffer of
+chunks, chunks decoded in parallel threads and the next buffer prefetched while the current one trains.
+
+The batch sequence is a pure function of (seed, position), so resuming only needs the position.
+"""
+
+from __future__ import annotations
+
+import bisect
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from vsae.store.table import Table
+
+
+class ShuffledBatches:
+    """Infinite iterator of [batch_size, d] fp32 batches from a table's training split."""
+
+    def __init__(self, table: Table, batch_size: int, seed: int = 0, buffer_chunks: int = 8, threads: int = 4):
+        self.table = table
+        self.batch_size = batch_size
+        self.seed = seed
+        self.buffer_chunks = max(1, buffer_chunks)
+        self.position = 0  # tokens consumed since the start of epoch 0
+        self.n = table.n_train
+        self._pool = ThreadPoolExecutor(max_workers=threads)
+        self._cache: dict[tuple[int, int], object] = {}
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+    def _groups(self, epoch: int) -> tuple[list[list[int]], list[int]]:
+        """Chunk groups of this epoch (seeded permutation) and their cumulative token ends."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.table.n_train_chunks).tolist()
+        groups = [order[i : i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)]
+        ends, total = [], 0
+        for g in groups:
+            total += sum(self._chunk_len(c) for c in g)
+            ends.append(total)
+        return groups, ends
+
+    def _chunk_len(self, c: int) -> int:
+        start, stop = self.table.chunk_bounds(c)
+        return min(stop, self.n) - start
+
+    def _load_group(self, epoch: int, g: int, chunks: list[int]) -> torch.Tensor:
+        def read(c):
+            start, _ = self.table.chunk_bounds(c)
+            return self.table.read(start, start + self._chunk_len(c))
+
+        data = torch.cat(list(self._pool.map(read, chunks)))
+        perm = np.random.default_rng([self.seed, epoch, g, 1]).permutation(len(data))
+        return data[torch.from_numpy(perm)]
+
+    def _group(self, epoch: int, g: int, groups) -> torch.Tensor:
+        key = (epoch, g)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k >= key}
+            self._cache[key] = self._pool.submit(self._load_group, epoch, g, groups[g])
+        nxt = (epoch, g + 1) if g + 1 < len(groups) else (epoch + 1, 0)
+        if nxt not in self._cache:
+            next_groups = groups if nxt[0] == epoch else self._groups(nxt[0])[0]
+            self._cache[nxt] = self._pool.submit(self._load_group, nxt[0], nxt[1], next_groups[nxt[1]])
+        return self._cache[key].result()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        parts, need = [], self.batch_size
+        while need:
+            epoch, offset = divmod(self.position, self.n)
+            groups, ends = self._groups(epoch)
+            g = bisect.bisect_right(ends, offset)
+            start = ends[g - 1] if g else 0
+            data = self._group(epoch, g, groups)
+            take = min(need, ends[g] - offset)
+            parts.append(data[offset - start : offset - start + take])
+            self.position += take
+            need -= take
+        return torch.cat(parts)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

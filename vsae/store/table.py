@@ -1,0 +1,98 @@
+"""Reading one complete table: its attributes, splits, statistics and decoded slices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import zarr
+
+from vsae.errors import VsaeError
+from vsae.store.layout import from_storage, open_root
+
+
+class Table:
+    """A finished table of a store (train split = all but the held-out tail of chunks)."""
+
+    def __init__(self, group: zarr.Group, path: str):
+        self.group = group
+        self.path = path
+        self.attrs = dict(group.attrs)
+        if not self.attrs.get("complete"):
+            raise VsaeError(f"table {path} is not complete; finish it with `vsae harvest` (it resumes)")
+        self.acts = group["activations"]
+        self.n_tokens, self.d = self.acts.shape
+        self.dtype = self.attrs["dtype"]
+        self.chunk_tokens = self.attrs["chunk_tokens"]
+        self.n_chunks = math.ceil(self.n_tokens / self.chunk_tokens)
+        self.n_train_chunks = self.attrs["n_train_chunks"]
+        self.n_train = min(self.n_tokens, self.n_train_chunks * self.chunk_tokens)
+
+    @property
+    def provenance(self) -> dict:
+        return self.attrs["provenance"]
+
+    def fingerprint(self) -> str:
+        return self.attrs["fingerprint"]
+
+    def chunk_bounds(self, i: int) -> tuple[int, int]:
+        return i * self.chunk_tokens, min(self.n_tokens, (i + 1) * self.chunk_tokens)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Activations [stop − start, d] as fp32; a corrupted chunk is a clear error, never trained on."""
+        try:
+            words = self.acts[start:stop]
+        except ValueError as exc:
+            chunk = start // self.chunk_tokens
+            raise VsaeError(f"table {self.path}: chunk {chunk} is corrupted ({exc}); re-harvest with --force") from exc
+        return from_storage(words, self.dtype)
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        return self.group["tokens"][start:stop]
+
+    def doc_pos(self, start: int, stop: int) -> np.ndarray:
+        return self.group["doc_pos"][start:stop]
+
+    def train_stats(self) -> dict:
+        """Mean and mean squared norm over the training split, from the per-chunk sums."""
+        n = self.n_train
+        s = np.asarray(self.group["chunk_sum"][: self.n_train_chunks]).sum(axis=0)
+        sq = float(np.asarray(self.group["chunk_sumsq"][: self.n_train_chunks]).sum())
+        return {"mean": s / n, "mean_sq_norm": sq / n, "n": n}
+
+    def heldout_windows(self) -> np.ndarray:
+        """Context windows whose stored tokens all lie in the held-out tail."""
+        if self.n_train >= self.n_tokens or self.n_train == 0:
+            return np.zeros(0, dtype=np.int64)
+        last_train_window = int(self.doc_pos(self.n_train - 1, self.n_train)[0, 1])
+        return np.arange(last_train_window + 1, self.group["contexts"].shape[0])
+
+
+def list_tables(root: zarr.Group) -> list[str]:
+    """Paths of every table (complete or not) below a store root."""
+    out = []
+    for model_name, model_group in root.groups():
+        for table_name, _ in model_group.groups():
+            out.append(f"{model_name}/{table_name}")
+    return sorted(out)
+
+
+def open_table(store: str, model: str | None = None, site: str | None = None, layer: int | None = None) -> Table:
+    """The one table matching the filters; with a single table in the store none are needed."""
+    root = open_root(store, "r")
+    paths = list_tables(root)
+    if not paths:
+        raise VsaeError(f"store {store} has no tables; run `vsae harvest MODEL --store {store}` first")
+    chosen = [
+        p
+        for p in paths
+        if (model is None or p.split("/")[0] == model or model.lower().endswith(p.split("/")[0]))
+        and (site is None or p.split("/")[1].rsplit(".", 1)[0] == site)
+        and (layer is None or p.split("/")[1].rsplit(".", 1)[1] == str(layer))
+    ]
+    if not chosen:
+        raise VsaeError(f"store {store} has no table for model={model} site={site} layer={layer}; it has: {', '.join(paths)}")
+    if len(chosen) > 1:
+        raise VsaeError(f"store {store} has several tables ({', '.join(chosen)}); pick one with --model/--site/--layer")
+    return Table(root[chosen[0]], chosen[0])

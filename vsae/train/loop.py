@@ -1,0 +1,364 @@
+"""The one training loop (spec §3.2). Every architecture and every SAE of a sweep runs through
+`SAERun.step` on the same batch; architectures differ only inside `SAE.loss_terms` and its hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+import vsae
+from vsae.archs.checkpoint import read_cfg, write_checkpoint
+from vsae.archs.registry import build_config, check_arch, predicted_noise_power, train_defaults
+from vsae.archs.sae import SAE, StepContext
+from vsae.archs.steps import EPS_STREAM, make_generator
+from vsae.errors import NonFiniteLoss, VsaeError
+from vsae.metrics import fve
+from vsae.progress import Progress, console
+from vsae.store.reader import ShuffledBatches
+from vsae.store.table import Table, open_table
+from vsae.train.config import TrainConfig
+from vsae.train.schedules import Schedule
+
+log = logging.getLogger("vsae.train")
+
+
+@dataclass
+class SAESpec:
+    """One SAE of a sweep: an architecture, its size and hyper-parameter overrides."""
+
+    arch: str
+    d_sae: int | None = None
+    expansion: int | None = None
+    overrides: dict = field(default_factory=dict)
+
+    def run_name(self, d_sae: int, seed: int) -> str:
+        tail = "".join(f"_{k}{v}" for k, v in sorted(self.overrides.items()))
+        return f"{self.arch}_{d_sae}{tail}_s{seed}".replace("/", "-")
+
+
+class SAERun:
+    """One SAE under training: model, loss module, Adam, schedule, dead counters, output folder."""
+
+    def __init__(self, spec: SAESpec, table: Table, tcfg: TrainConfig, total: int, c: float, out: Path):
+        d_in = table.d
+        d_sae = spec.d_sae or d_in * (spec.expansion or 8)
+        self.cfg = build_config(spec.arch, d_in, d_sae, spec.overrides)
+        arch_train = train_defaults(spec.arch, d_sae)
+        self.lr = tcfg.lr if tcfg.lr is not None else arch_train["lr"]
+        self.betas = tuple(tcfg.betas or arch_train.get("betas", (0.9, 0.999)))
+        self.tcfg, self.total, self.c = tcfg, total, c
+        self.device = torch.device(tcfg.device)
+        self.model = SAE(self.cfg, seed=tcfg.seed).to(self.device)
+        self.loss_module = _LossModule(self.model)
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=self.betas, eps=tcfg.eps)
+        self.schedule = Schedule.derive(total, tcfg.lr_warmup_frac, tcfg.lr_decay_frac, tcfg.sparsity_warmup_frac, tcfg.kl_warmup_frac)
+        self.eps_gen = make_generator(tcfg.seed, EPS_STREAM, 0, device=self.device)
+        self.tau = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
+        self.t_dead = min(tcfg.dead_after_tokens, max(tcfg.batch_size, math.floor(0.1 * total * tcfg.batch_size)))
+        self.out = out / spec.run_name(d_sae, tcfg.seed)
+        self.step_done = 0
+        self.tokens_seen = 0
+        self.table = table
+
+    # ------------------------------------------------------------------ the step of §3.2
+    def step(self, x: torch.Tensor, t: int, fresh: bool, log_now: bool) -> dict | None:
+        model, n = self.model, x.shape[0]
+        ctx = StepContext(
+            step=t, total_steps=self.total, tokens_seen=self.tokens_seen,
+            sparsity_scale=self.schedule.sparsity(t), kl_scale=self.schedule.kl(t),
+            dead=self.tau >= self.t_dead, generator=self.eps_gen, diagnostics=log_now,
+        )
+        if t == 0 and fresh:
+            model.init_from_batch(x)
+        out = self.loss_module(x, ctx)
+        if not torch.isfinite(out["loss"]):
+            raise NonFiniteLoss(t, {k: v for k, v in out["raw"].items()})
+        self.opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        unit = self.cfg.decoder_norm == "unit"
+        if unit:
+            _project_radial(model.W_dec)
+        params = [p for p in model.parameters() if p.grad is not None]
+        clip = self.tcfg.grad_clip_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr * self.schedule.lr(t)
+        self.opt.step()
+        if unit:
+            with torch.no_grad():
+                model.W_dec.div_(model.W_dec.norm(dim=1, keepdim=True))
+        self.tau = torch.where(out["fired"], torch.zeros_like(self.tau), self.tau + n)
+        model.after_step(ctx, out)
+        self.step_done, self.tokens_seen = t + 1, self.tokens_seen + n
+        return self._metrics(x, out, ctx, grad_norm) if log_now else None
+
+    def _metrics(self, x, out, ctx, grad_norm) -> dict:
+        """Training-rule metrics of this batch (spec §7): f_det and x̂(f_det)."""
+        model = self.model
+        x_det = out.get("x_hat_det", out["x_hat"])
+        m = {
+            "step": ctx.step,
+            "tokens": self.tokens_seen,
+            "loss": float(out["loss"]),
+            **{f"terms/{k}": float(v) for k, v in out["terms"].items()},
+            **{f"raw/{k}": float(v) for k, v in out["raw"].items()},
+            "mse": float((x - x_det).square().sum(-1).mean()),
+            "fve": fve(x, x_det),
+            "l0_train_rule": float((out["f_det"] != 0).sum(-1).float().mean()),
+            "frac_dead": float((self.tau >= self.t_dead).float().mean()),
+            "lr": self.lr * self.schedule.lr(ctx.step),
+            "s": ctx.sparsity_scale,
+            "w_kl": ctx.kl_scale,
+            "grad_norm": float(grad_norm),
+        }
+        with torch.no_grad():
+            m["l0"] = float((model.encode(x) != 0).sum(-1).float().mean())
+        if "sigma" in out:
+            m["fve_mean"] = m["fve"]
+            m["fve_sample"] = fve(x, out["x_hat"])
+            m["l0_sample"] = float((out["f_sample"] != 0).sum(-1).float().mean())
+            m["sigma_mean"] = float(out["sigma"].mean())
+            active = out["mask_det"]
+            m["sigma_mean_active"] = float(out["sigma"][active].mean()) if bool(active.any()) else float("nan")
+            m["frac_logvar_at_bound"] = float(out["frac_logvar_at_bound"])
+            if m["frac_logvar_at_bound"] > 0.01:
+                log.warning("%s: %.1f%% of log-variances sit at a clamp bound", self.cfg.architecture, 100 * m["frac_logvar_at_bound"])
+        if self.cfg.topk_family:
+            m["threshold"] = float(model.threshold.mean())
+        if self.cfg.decoder_norm == "free":
+            norms = model.W_dec.norm(dim=1)
+            m |= {"dec_norm_min": float(norms.min()), "dec_norm_mean": float(norms.mean()), "dec_norm_max": float(norms.max())}
+        return m
+
+    # ------------------------------------------------------------------ bookkeeping
+    def derived(self) -> dict:
+        d = self.schedule.as_dict() | {"T_dead": self.t_dead}
+        if self.cfg.topk_family:
+            d["beta_theta"] = self.model.threshold_decay(self.total)
+        if self.cfg.variational:
+            d |= {
+                "n_dec": self.cfg.n_dec,
+                "kl_coeff": self.cfg.kl_coeff,
+                "kl_coeff_source": self.cfg.kl_coeff_source,
+                "log_var_init": self.cfg.log_var_init,
+                "predicted_noise_power": predicted_noise_power(self.cfg),
+            }
+        return d
+
+    def meta(self, provenance: dict) -> dict:
+        training = dataclasses.asdict(self.tcfg) | {
+            "lr": self.lr, "betas": list(self.betas), "total_steps": self.total, "world_size": 1,
+            "batch_tokens": self.tcfg.batch_size, "n_global": self.tcfg.batch_size, "derived": self.derived(),
+        }
+        training.pop("extra", None)
+        state = {"step": self.step_done, "tokens_seen": self.tokens_seen}
+        if self.model.p_state is not None:
+            state |= {"p": self.model.p_state.p, "alpha": self.model.p_state.alpha}
+        return {"training": training, "provenance": provenance | {"seed": self.tcfg.seed}, "state": state}
+
+    def trainer_state(self, reader_state: dict) -> dict:
+        opt = self.opt.state_dict()
+        by_name = {self.names[i]: s for i, s in opt["state"].items()}
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "adam": by_name,
+            "adam_groups": opt["param_groups"],
+            "step": self.step_done,
+            "tokens_seen": self.tokens_seen,
+            "tau": self.tau.clone(),
+            "eps_generator": self.eps_gen.get_state(),
+            "p_state": self.model.p_state.state_dict() if self.model.p_state else None,
+            "reader": reader_state,
+            "total_steps": self.total,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_trainer_state(self, state: dict) -> None:
+        if state["total_steps"] != self.total:
+            raise VsaeError(
+                f"{self.out} was trained for {state['total_steps']} steps; resume with the same --steps/--tokens"
+            )
+        self.model.load_state_dict(state["model"])
+        index = {n: i for i, n in enumerate(self.names)}
+        self.opt.load_state_dict({"state": {index[n]: s for n, s in state["adam"].items()}, "param_groups": state["adam_groups"]})
+        self.step_done, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.tau = state["tau"].to(self.device)
+        self.eps_gen.set_state(state["eps_generator"])
+        if state["p_state"] is not None:
+            self.model.p_state.load_state_dict(state["p_state"])
+
+
+class _LossModule(torch.nn.Module):
+    """forward(x, ctx) = model.loss_terms(x, ctx): the module data parallelism would wrap (§3.2)."""
+
+    def __init__(self, model: SAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, ctx):
+        return self.model.loss_terms(x, ctx)
+
+
+@torch.no_grad()
+def _project_radial(w_dec: torch.nn.Parameter) -> None:
+    """Remove each atom gradient's component along the atom (unit policy, before clipping)."""
+    if w_dec.grad is None:
+        return
+    unit = w_dec / w_dec.norm(dim=1, keepdim=True)
+    w_dec.grad.sub_((w_dec.grad * unit).sum(dim=1, keepdim=True) * unit)
+
+
+def norm_factor(table: Table) -> float:
+    """c = sqrt(E‖x‖²) over the training split, from the statistics recorded at harvest (§4.1)."""
+    return math.sqrt(table.train_stats()["mean_sq_norm"])
+
+
+def train(
+    store: str,
+    specs: list[SAESpec],
+    tcfg: TrainConfig,
+    out: str | Path = "ckpt",
+    *,
+    model: str | None = None,
+    site: str | None = None,
+    layer: int | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> list[Path]:
+    """Train every SAE of `specs` from one pass over shuffled store batches; returns the run folders."""
+    for spec in specs:
+        check_arch(spec.arch)
+    table = open_table(store, model, site, layer)
+    if tcfg.batch_size < 1:
+        raise VsaeError(f"--batch-size must be positive (got {tcfg.batch_size})")
+    total = _total_steps(tcfg, table)
+    c = norm_factor(table)
+    out = Path(out)
+    runs = [SAERun(spec, table, tcfg, total, c, out) for spec in specs]
+    names = [r.out.name for r in runs]
+    if len(set(names)) != len(names):
+        raise VsaeError(f"two SAEs of the sweep share a run name ({names}); vary the size or a hyper-parameter")
+    reader = ShuffledBatches(table, tcfg.batch_size, seed=tcfg.seed, buffer_chunks=tcfg.buffer_chunks)
+    provenance = _provenance(table, store)
+    start = _restore(runs, reader) if resume else 0
+    if not resume:
+        for run in runs:
+            if (run.out / "cfg.json").exists():
+                raise VsaeError(f"{run.out} already holds a checkpoint; use --resume to continue it or another --out")
+    _announce(runs, table, c, total)
+    t0 = time.time()
+    try:
+        with Progress("train", total=total * tcfg.batch_size, unit="tok", enabled=show_progress) as bar:
+            bar.advance(start * tcfg.batch_size)
+            for t in range(start, total):
+                x = next(reader).to(runs[0].device, non_blocking=True).float() / c
+                log_now = (t % tcfg.log_every == 0) or t == total - 1
+                for run in runs:
+                    metrics = run.step(x, t, fresh=not resume, log_now=log_now)
+                    if metrics is not None:
+                        _append_metrics(run.out, metrics)
+                if tcfg.save_every and (t + 1) % tcfg.save_every == 0 and t + 1 < total:
+                    for run in runs:
+                        _save(run, provenance, reader, intermediate=True)
+                bar.advance(tcfg.batch_size)
+        for run in runs:
+            _save(run, provenance, reader)
+    finally:
+        reader.close()
+    console.print(f"trained {len(runs)} SAE(s) for {total} steps in {time.time() - t0:.1f}s → {out}")
+    return [run.out for run in runs]
+
+
+def _total_steps(tcfg: TrainConfig, table: Table) -> int:
+    if tcfg.steps is not None and tcfg.tokens is not None:
+        raise VsaeError("give --steps or --tokens, not both")
+    if tcfg.steps is not None:
+        total = tcfg.steps
+    elif tcfg.tokens is not None:
+        total = math.ceil(tcfg.tokens / tcfg.batch_size)
+    else:
+        total = math.ceil(table.n_train / tcfg.batch_size)
+    if total < 1:
+        raise VsaeError(f"the run has {total} steps; give a positive --steps or --tokens")
+    return total
+
+
+def _provenance(table: Table, store: str) -> dict:
+    p = table.provenance
+    local = "://" not in store
+    return {
+        "store": str(Path(store).resolve()) if local else store,
+        "model_id": p["model_id"],
+        "layer": p["layer"],
+        "site": p["site"],
+        "hook_name": p["hook_name"],
+        "store_table": table.path,
+        "store_fingerprint": table.fingerprint(),
+        "package_version": vsae.__version__,
+        "git_commit": _git_commit(),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ctx_len": table.attrs["config"]["ctx_len"],
+        "dataset": table.attrs["config"]["dataset"],
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _announce(runs: list[SAERun], table: Table, c: float, total: int) -> None:
+    console.print(f"table {table.path}: {table.n_train:,} training tokens, d={table.d}, norm factor c={c:.4g}, T={total}")
+    for run in runs:
+        cfg = run.cfg
+        line = f"  {run.out.name}: {cfg.architecture} F={cfg.d_sae} lr={run.lr:.3g}"
+        if cfg.is_variational:
+            power = predicted_noise_power(cfg)
+            line += f" β={cfg.kl_coeff:.3g} predicted decoded noise {power:.3g}·E‖x‖²"
+            if power > 1:
+                log.warning("%s: predicted decoded noise power %.3g exceeds the signal (β too large?)", run.out.name, power)
+        console.print(line)
+
+
+def _append_metrics(folder: Path, metrics: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(metrics) + "\n")
+
+
+def _save(run: SAERun, provenance: dict, reader: ShuffledBatches, intermediate: bool = False) -> None:
+    target = run.out / "checkpoints" / f"step_{run.step_done}" if intermediate else run.out
+    write_checkpoint(target, run.model, run.c, run.meta(provenance), run.trainer_state(reader.state_dict()))
+
+
+def _restore(runs: list[SAERun], reader: ShuffledBatches) -> int:
+    steps = set()
+    for run in runs:
+        path = run.out / "trainer_state.pt"
+        if not path.exists():
+            raise VsaeError(f"nothing to resume in {run.out} (no trainer_state.pt)")
+        read_cfg(run.out)
+        state = torch.load(path, weights_only=False)
+        run.load_trainer_state(state)
+        steps.add(run.step_done)
+        reader.load_state_dict(state["reader"])
+    if len(steps) != 1:
+        raise VsaeError("the runs of this sweep stopped at different steps; resume them separately")
+    step = steps.pop()
+    if step >= runs[0].total:
+        raise VsaeError(f"{runs[0].out} is already trained for all {step} steps")
+    return step
