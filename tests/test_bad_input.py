@@ -7,7 +7,7 @@ from conftest import run_vsae
 
 def _one_line_error(proc) -> str:
     text = (proc.stderr + proc.stdout).strip()
-    assert text.startswith("error:"), text
+    assert text.startswith("error:") and "\n" not in text, text
     assert "Traceback" not in text
     return text
 

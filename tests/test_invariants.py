@@ -239,8 +239,10 @@ def test_invariant_selection_ties_follow_the_lower_index():
     ref = torch.zeros(10, dtype=torch.bool)
     ref[order] = True
     assert torch.equal(bmask.reshape(-1), ref)
-    s, e = scores(torch.tensor([[-2.0, 2.0, 1.0]]), "abs")
-    assert topk_mask(s, e, 1).tolist() == [[True, False, False]]
+    s, positive = scores(torch.tensor([[-2.0, 2.0, 1.0]]), "abs")
+    assert topk_mask(s, None, 1, positive).tolist() == [[True, False, False]]
+    s, positive = scores(torch.tensor([[-2.0, 0.0, 1.0, 1.0]]), "value")
+    assert topk_mask(s, None, 3, positive).tolist() == [[False, False, True, True]]
 
 
 def test_invariant_threshold_ema_robust_and_decay():
@@ -325,3 +327,24 @@ def test_invariant_jumprelu_threshold_gradients_and_projection():
         m.threshold.fill_(-1.0)
     m.after_step(ctx(), {"stats": {}})
     assert (m.threshold == 1e-6).all()
+
+
+def test_sparse_decode_and_encoder_backward_match_dense():
+    from vsae.archs.sparse import encode_linear, sparse_decode
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, D, generator=g)
+    w_enc = torch.randn(D, 512, generator=g).requires_grad_()
+    b_enc = torch.zeros(512).requires_grad_()
+    w_dec = torch.randn(512, D, generator=g).requires_grad_()
+    target = torch.randn(40, D, generator=g)
+    grads = []
+    for sparse in (True, False):
+        z = encode_linear(x, w_enc, b_enc) if sparse else x @ w_enc + b_enc
+        mask = topk_mask(z.abs(), None, 4)
+        f = z * mask
+        x_hat = sparse_decode(f, mask, w_dec) if sparse else f @ w_dec
+        loss = (target - x_hat).square().sum()
+        grads.append([*torch.autograd.grad(loss, [w_enc, b_enc, w_dec]), x_hat.detach()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)

@@ -28,7 +28,7 @@ def run_demo(out: Path, tokens: int = 200_000, layer: int = 3) -> list[dict]:
     ckpt = out / "ckpt"
     shutil.rmtree(ckpt, ignore_errors=True)
     specs = [SAESpec("topk", expansion=8), SAESpec("vsae_topk", expansion=8)]
-    runs = train(store, specs, TrainConfig(batch_size=2048, tokens=2 * tokens, log_every=20), ckpt)
+    runs = train(store, specs, TrainConfig(batch_size=2048, tokens=3 * tokens // 2, log_every=20), ckpt)
     console.rule("3/3 evaluate on held-out tokens (CE-loss recovered through the model)")
     results = [evaluate(run, EvalConfig(ce_windows=24)) for run in runs]
     console.print(comparison_table(results))

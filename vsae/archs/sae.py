@@ -17,6 +17,7 @@ from vsae.archs import priors
 from vsae.archs.config import SAEConfig, validate
 from vsae.archs.jumprelu import jumprelu, step
 from vsae.archs.select import batch_topk_mask, scores, topk_mask
+from vsae.archs.sparse import encode_linear, sparse_decode
 from vsae.archs.steps import INIT_STREAM, make_generator, n_steps
 from vsae.errors import VsaeError
 
@@ -118,7 +119,7 @@ class SAE(nn.Module):
             q = xt @ self.W_enc
             pi_gate = q + self.b_gate
             return torch.relu(torch.exp(self.r_mag) * q + self.b_mag), pi_gate
-        u = xt @ self.W_enc + self.b_enc
+        u = encode_linear(xt, self.W_enc, self.b_enc)
         return (torch.relu(u) if self.cfg.relu_mu else u), None
 
     def _log_var(self, xt: Tensor) -> tuple[Tensor, Tensor]:
@@ -140,9 +141,9 @@ class SAE(nn.Module):
             return z * g, g
         if cfg.sparsifier == "jumprelu":
             return jumprelu(z, self.threshold, cfg.bandwidth), z > self.threshold
-        score, eligible = scores(z, cfg.topk_mode)
+        score, positive = scores(z, cfg.topk_mode)
         pick = topk_mask if cfg.sparsifier == "topk" else batch_topk_mask
-        mask = pick(score, eligible, cfg.k)
+        mask = pick(score, None, cfg.k, positive)
         return z * mask, mask
 
     def _infer_code(self, z: Tensor, pi_gate: Tensor | None) -> Tensor:
@@ -189,10 +190,10 @@ class SAE(nn.Module):
             ell, ell_pre = self._log_var(xt)
             z = self._sample(mu, ell, ctx.generator)
         f, mask = self._train_code(z, pi_gate)
-        x_hat = self.decode(f)
+        x_hat = sparse_decode(f, mask, self.W_dec) + self.b_dec
         raw: dict[str, Tensor] = {}
         terms = dict.fromkeys(TERM_KEYS, torch.zeros((), device=x.device))
-        terms["rec"] = self._reconstruction(x, f, raw)
+        terms["rec"] = self._reconstruction(x, x_hat, f, raw)
         norms = self.dec_norms()
         self._sparsity_terms(x, z, mu, pi_gate, norms, ctx, terms, raw)
         if cfg.topk_family:
@@ -224,11 +225,11 @@ class SAE(nn.Module):
             out["stats"]["p_pair"] = self.p_state.pair(f.detach(), norms.detach())
         return out
 
-    def _reconstruction(self, x: Tensor, f: Tensor, raw: dict) -> Tensor:
+    def _reconstruction(self, x: Tensor, x_hat: Tensor, f: Tensor, raw: dict) -> Tensor:
         """Mean over tokens of ‖x − x̂‖²; matryoshka: the weighted sum over prefix reconstructions."""
         cfg = self.cfg
         if not cfg.group_fractions:
-            rec = (x - self.decode(f)).square().sum(dim=-1).mean()
+            rec = (x - x_hat).square().sum(dim=-1).mean()
             raw["rec"] = rec.detach()
             return rec
         ends, weights = self.group_ends(), self.group_weights()
@@ -286,9 +287,9 @@ class SAE(nn.Module):
             raw["auxk"] = torch.zeros((), device=x.device)
             return torch.zeros((), device=x.device)
         e = (x - x_hat).detach()
-        score, eligible = scores(z, self.cfg.topk_mode)
+        score, positive = scores(z, self.cfg.topk_mode)
         k_aux = min(self.cfg.resolved_aux_k, int(dead.sum()))
-        mask = topk_mask(score, eligible & dead, k_aux)
+        mask = topk_mask(score, dead.expand_as(score), k_aux, positive)
         e_hat = (z * mask) @ self.W_dec
         denom = (e - e.mean(dim=0)).square().sum().clamp_min(1e-12)
         aux = (e - e_hat).square().sum() / denom

