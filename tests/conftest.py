@@ -17,7 +17,9 @@ from vsae.cli.app import app
 def run_cli(*args: str, expect: int = 0):
     """Invoke `vsae ARGS` in-process as a user would type it; check the exit code."""
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == expect, f"vsae {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output}"
+    assert result.exit_code == expect, (
+        f"vsae {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output}"
+    )
     return result
 
 
@@ -25,7 +27,9 @@ def run_vsae(*args: str, expect: int = 0, cwd: Path | None = None) -> subprocess
     """Run the installed `vsae` console script in a subprocess (exit codes, one-line errors)."""
     exe = Path(sys.executable).with_name("vsae")
     proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
-    assert proc.returncode == expect, f"vsae {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == expect, (
+        f"vsae {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    )
     return proc
 
 
@@ -44,9 +48,14 @@ def tiny_model(tmp_path_factory, tokenizer) -> Path:
 
     torch.manual_seed(0)
     cfg = GPTNeoXConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-        max_position_embeddings=512, vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=512,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     path = tmp_path_factory.mktemp("models") / "tiny-neox"
     GPTNeoXForCausalLM(cfg).save_pretrained(path)
@@ -54,8 +63,20 @@ def tiny_model(tmp_path_factory, tokenizer) -> Path:
     return path
 
 
-HARVEST_ARGS = ["--layer", "1", "--dataset", "pydoc", "--tokens", "24000", "--chunk-tokens", "512", "--shard-chunks", "4",
-                "--heldout-fraction", "0.1"]
+HARVEST_ARGS = [
+    "--layer",
+    "1",
+    "--dataset",
+    "pydoc",
+    "--tokens",
+    "24000",
+    "--chunk-tokens",
+    "512",
+    "--shard-chunks",
+    "4",
+    "--heldout-fraction",
+    "0.1",
+]
 
 
 @pytest.fixture(scope="session")

@@ -34,26 +34,34 @@ def test_layer_out_of_range_says_the_valid_range(tiny_model, tmp_path):
 
 
 def test_unknown_architecture_lists_the_valid_ones(store, tmp_path):
-    text = _one_line_error(run_vsae("train", "--store", store, "--arch", "nope", "--out", tmp_path / "o", expect=2))
+    text = _one_line_error(
+        run_vsae("train", "--store", store, "--arch", "nope", "--out", tmp_path / "o", expect=2)
+    )
     assert "vsae_topk" in text and "batchtopk" in text
     assert not (tmp_path / "o").exists()
 
 
 def test_store_that_does_not_exist(tmp_path):
-    text = _one_line_error(run_vsae("train", "--store", tmp_path / "missing", "--out", tmp_path / "o", expect=2))
+    text = _one_line_error(
+        run_vsae("train", "--store", tmp_path / "missing", "--out", tmp_path / "o", expect=2)
+    )
     assert "does not exist" in text
     assert not (tmp_path / "missing").exists()
 
 
 def test_store_without_the_requested_table(store, tmp_path):
-    text = _one_line_error(run_vsae("train", "--store", store, "--layer", "0", "--out", tmp_path / "o", expect=2))
+    text = _one_line_error(
+        run_vsae("train", "--store", store, "--layer", "0", "--out", tmp_path / "o", expect=2)
+    )
     assert "no table" in text and "resid_post.1" in text
     assert not (tmp_path / "o").exists()
 
 
 def test_k_not_below_dict_size(store, tmp_path):
     text = _one_line_error(
-        run_vsae("train", "--store", store, "--dict-size", "16", "--k", "16", "--out", tmp_path / "o", expect=2)
+        run_vsae(
+            "train", "--store", store, "--dict-size", "16", "--k", "16", "--out", tmp_path / "o", expect=2
+        )
     )
     assert "k=16" in text
     assert not (tmp_path / "o").exists()

@@ -34,7 +34,9 @@ def make(name: str, seed: int = 0, **overrides) -> SAE:
 
 
 def ctx(step=0, total=10, dead=None, seed=0, **kw) -> StepContext:
-    return StepContext(step=step, total_steps=total, dead=dead, generator=make_generator(seed, EPS_STREAM), **kw)
+    return StepContext(
+        step=step, total_steps=total, dead=dead, generator=make_generator(seed, EPS_STREAM), **kw
+    )
 
 
 @pytest.fixture
@@ -73,13 +75,21 @@ def test_invariant_vsae_iso_beta0_equals_standard(x):
 
 def test_invariant_vsae_multi_rho0_equals_vsae_iso(x):
     a, b = make("vsae_iso", log_var_init=-2.0), make("vsae_multi", corr_rate=0.0, log_var_init=-2.0)
-    torch.testing.assert_close(a.loss_terms(x, ctx())["loss"], b.loss_terms(x, ctx())["loss"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        a.loss_terms(x, ctx())["loss"], b.loss_terms(x, ctx())["loss"], rtol=1e-5, atol=0
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in ARCHS if n.startswith("vsae")])
 def test_invariant_identical_init_with_base(name):
-    base = {"vsae_iso": "standard", "vsae_multi": "standard", "vsae_topk": "topk", "vsae_gated": "gated",
-            "vsae_jumprelu": "jumprelu", "vsae_batchtopk": "batchtopk"}[name]
+    base = {
+        "vsae_iso": "standard",
+        "vsae_multi": "standard",
+        "vsae_topk": "topk",
+        "vsae_gated": "gated",
+        "vsae_jumprelu": "jumprelu",
+        "vsae_batchtopk": "batchtopk",
+    }[name]
     for vf in (0, 1):
         v, b = make(name, var_flag=vf).state_dict(), make(base).state_dict()
         for key in b:
@@ -103,8 +113,13 @@ def test_invariant_equicorr_closed_form_equals_dense(f, rho, var):
         r = (1 - rho) * torch.eye(f, dtype=torch.float64) + rho
         rinv = torch.inverse(r)
         sigma = torch.exp(ell) if var else torch.ones_like(mu)
-        dense = 0.5 * ((rinv.diagonal() * sigma).sum(-1) + ((mu @ rinv) * mu).sum(-1) - f + torch.slogdet(r)[1]
-                       - (ell.sum(-1) if var else 0))
+        dense = 0.5 * (
+            (rinv.diagonal() * sigma).sum(-1)
+            + ((mu @ rinv) * mu).sum(-1)
+            - f
+            + torch.slogdet(r)[1]
+            - (ell.sum(-1) if var else 0)
+        )
         torch.testing.assert_close(closed, dense, rtol=1e-6, atol=1e-9)
         gc = torch.autograd.grad(closed.sum(), [mu] + ([ell] if var else []))
         gd = torch.autograd.grad(dense.sum(), [mu] + ([ell] if var else []))
@@ -130,7 +145,9 @@ def test_invariant_kl_nonnegative_and_exact_points():
     assert (priors.kl_equicorr(mu, ell, 0.5) >= -1e-5 * F).all()
     assert float(priors.kl_iso(torch.zeros(1, F), torch.zeros(1, F), None)) == 0.0
     torch.testing.assert_close(priors.kl_iso(mu, None, None), 0.5 * mu.square().sum(-1))
-    torch.testing.assert_close(priors.kl_permean(mu, ell, torch.zeros(F), 1.0, None), priors.kl_iso(mu, ell, None))
+    torch.testing.assert_close(
+        priors.kl_permean(mu, ell, torch.zeros(F), 1.0, None), priors.kl_iso(mu, ell, None)
+    )
 
 
 @pytest.mark.parametrize("name,ov", list(variants()))
@@ -185,8 +202,12 @@ def test_invariant_raw_space_round_trip(name, ov, x, tmp_path):
     torch.testing.assert_close(raw.encode(c * x), c * m.encode(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(raw(c * x), c * m(x), rtol=1e-5, atol=1e-4)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    torch.testing.assert_close(raw.encode(c * x, sample=True, generator=g1), c * m.encode(x, sample=True, generator=g2),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        raw.encode(c * x, sample=True, generator=g1),
+        c * m.encode(x, sample=True, generator=g2),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     back = convert_space(raw, c, "normalized")
     for k, v in m.state_dict().items():
         torch.testing.assert_close(back.state_dict()[k], v, rtol=1e-6, atol=1e-7)
@@ -284,8 +305,17 @@ def test_invariant_free_rejected_for_topk_family():
     for name in TOPK:
         with pytest.raises(VsaeError, match="free"):
             build_config(name, D, F, {"decoder_norm": "free", "k": 4})
-    for name in ("standard", "standard_april", "panneal", "gated", "jumprelu", "vsae_iso", "vsae_multi",
-                 "vsae_gated", "vsae_jumprelu"):
+    for name in (
+        "standard",
+        "standard_april",
+        "panneal",
+        "gated",
+        "jumprelu",
+        "vsae_iso",
+        "vsae_multi",
+        "vsae_gated",
+        "vsae_jumprelu",
+    ):
         build_config(name, D, F, {"decoder_norm": "free"})
 
 

@@ -68,16 +68,43 @@ def test_stored_activations_equal_a_plain_forward_hook(store, tiny_model):
 
 def test_topk_train_and_eval_through_the_cli(store, tmp_path):
     out = tmp_path / "ckpt"
-    run_cli("train", "--store", store, "--arch", "topk", "--expansion", "4", "--k", "8", "--batch-size", "512",
-            "--steps", "120", "--out", out)
+    run_cli(
+        "train",
+        "--store",
+        store,
+        "--arch",
+        "topk",
+        "--expansion",
+        "4",
+        "--k",
+        "8",
+        "--batch-size",
+        "512",
+        "--steps",
+        "120",
+        "--out",
+        out,
+    )
     run_dir = out / "topk_256_k8_s0"
     cfg = json.loads((run_dir / "cfg.json").read_text())
     assert cfg["parameter_space"] == "raw" and cfg["norm_factor"] > 0
     assert cfg["provenance"]["hook_name"] == "blocks.1.hook_resid_post"
     run_cli("eval", out, "--json", tmp_path / "all.json")
     result = json.loads((run_dir / "eval.json").read_text())
-    for key in ("mse", "fve", "l0", "l0_train_rule", "frac_alive", "cos_sim", "rel_recon_bias", "ce_loss_recovered",
-                "ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation", "kl_div_with_sae"):
+    for key in (
+        "mse",
+        "fve",
+        "l0",
+        "l0_train_rule",
+        "frac_alive",
+        "cos_sim",
+        "rel_recon_bias",
+        "ce_loss_recovered",
+        "ce_loss_clean",
+        "ce_loss_with_sae",
+        "ce_loss_zero_ablation",
+        "kl_div_with_sae",
+    ):
         assert math.isfinite(result[key]), key
     assert result["l0"] == 8.0
 
@@ -92,8 +119,25 @@ def test_topk_train_and_eval_through_the_cli(store, tmp_path):
 
 def test_vsae_topk_trains_beside_topk_from_one_pass(store, tmp_path):
     out = tmp_path / "ckpt"
-    run_cli("train", "--store", store, "--arch", "topk", "--arch", "vsae_topk", "--dict-size", "128", "--k", "8",
-            "--batch-size", "512", "--steps", "30", "--out", out)
+    run_cli(
+        "train",
+        "--store",
+        store,
+        "--arch",
+        "topk",
+        "--arch",
+        "vsae_topk",
+        "--dict-size",
+        "128",
+        "--k",
+        "8",
+        "--batch-size",
+        "512",
+        "--steps",
+        "30",
+        "--out",
+        out,
+    )
     run_cli("eval", out, "--no-ce")
     vsae_result = json.loads((out / "vsae_topk_128_k8_s0" / "eval.json").read_text())
     for key in ("kl", "fve_mean", "fve_sample", "sigma_mean", "frac_logvar_at_bound"):
@@ -107,6 +151,19 @@ def test_vsae_topk_trains_beside_topk_from_one_pass(store, tmp_path):
 
 
 def test_vsae_iso_is_trainable(store, tmp_path):
-    run_cli("train", "--store", store, "--arch", "vsae_iso", "--dict-size", "128", "--batch-size", "512",
-            "--steps", "5", "--out", tmp_path)
+    run_cli(
+        "train",
+        "--store",
+        store,
+        "--arch",
+        "vsae_iso",
+        "--dict-size",
+        "128",
+        "--batch-size",
+        "512",
+        "--steps",
+        "5",
+        "--out",
+        tmp_path,
+    )
     assert (tmp_path / "vsae_iso_128_s0" / "sae.safetensors").exists()

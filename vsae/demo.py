@@ -11,6 +11,7 @@ from vsae.evaluate.report import comparison_table
 from vsae.harvest.loop import HarvestConfig, harvest
 from vsae.harvest.models import PACKAGED
 from vsae.progress import console
+from vsae.progress import results as results_console
 from vsae.train.config import TrainConfig
 from vsae.train.loop import SAESpec, train
 
@@ -20,7 +21,9 @@ def run_demo(out: Path, tokens: int = 200_000, layer: int = 3) -> list[dict]:
     store = str(out / "acts")
     console.rule(f"1/3 harvest: {PACKAGED} layer {layer} resid_post over {tokens:,} Shakespeare tokens")
     th = time.time()
-    result = harvest(HarvestConfig(model=PACKAGED, layers=[layer], dataset="shakespeare", tokens=tokens, store=store))
+    result = harvest(
+        HarvestConfig(model=PACKAGED, layers=[layer], dataset="shakespeare", tokens=tokens, store=store)
+    )
     harvest_s = time.time() - th
     for line in result.get("skipped", []):
         console.print(f"[yellow]reusing:[/] {line}")
@@ -31,8 +34,10 @@ def run_demo(out: Path, tokens: int = 200_000, layer: int = 3) -> list[dict]:
     runs = train(store, specs, TrainConfig(batch_size=2048, tokens=3 * tokens // 2, log_every=20), ckpt)
     console.rule("3/3 evaluate on held-out tokens (CE-loss recovered through the model)")
     results = [evaluate(run, EvalConfig(ce_windows=24)) for run in runs]
-    console.print(comparison_table(results))
+    results_console.print(comparison_table(results))
     if not result.get("skipped"):
-        console.print(f"harvest: {tokens:,} tokens in {harvest_s:.0f}s ({tokens / harvest_s:,.0f} tokens/s incl. model load)")
+        console.print(
+            f"harvest: {tokens:,} tokens in {harvest_s:.0f}s ({tokens / harvest_s:,.0f} tokens/s incl. model load)"
+        )
     console.print(f"demo wall time {time.time() - t0:.0f}s; store {store}, checkpoints {ckpt}")
     return results

@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich import progress as rp
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and messages
+results = Console()  # tables and other results, on stdout
 
 
 class Progress:

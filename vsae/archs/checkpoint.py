@@ -68,7 +68,9 @@ def atomic_dir(target: Path, keep: tuple[str, ...] = ("metrics.jsonl", "checkpoi
     return _Swap()
 
 
-def write_checkpoint(folder: Path, model: SAE, c: float, meta: dict, trainer_state: dict | None = None) -> None:
+def write_checkpoint(
+    folder: Path, model: SAE, c: float, meta: dict, trainer_state: dict | None = None
+) -> None:
     """Save a training-space model as a raw-space checkpoint (+ optional exact-resume state)."""
     raw = convert_space(model, c, "raw")
     cfg = {
@@ -85,7 +87,9 @@ def write_checkpoint(folder: Path, model: SAE, c: float, meta: dict, trainer_sta
     }
     Path(folder).parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(Path(folder)) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in raw.state_dict().items()}, tmp / "sae.safetensors")
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in raw.state_dict().items()}, tmp / "sae.safetensors"
+        )
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2, default=_jsonable))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -103,7 +107,9 @@ def read_cfg(path: str | Path) -> dict:
     folder = Path(path)
     cfg_file = folder / "cfg.json"
     if not cfg_file.exists():
-        raise VsaeError(f"{folder} is not a vsae checkpoint (no cfg.json); pass a folder written by `vsae train`")
+        raise VsaeError(
+            f"{folder} is not a vsae checkpoint (no cfg.json); pass a folder written by `vsae train`"
+        )
     cfg = json.loads(cfg_file.read_text())
     if cfg.get("format") != FORMAT:
         raise VsaeError(f"{cfg_file} is not a vsae checkpoint (format={cfg.get('format')!r})")

@@ -138,7 +138,11 @@ def field_help(cls) -> dict[str, str]:
     body = tree.body[0].body
     out = {}
     for stmt, nxt in zip(body, body[1:], strict=False):
-        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+        ):
             out[stmt.target.id] = str(nxt.value.value).strip()
     return out
 

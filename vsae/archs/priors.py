@@ -56,7 +56,11 @@ def kl_equicorr(mu_t: torch.Tensor, ell_t: torch.Tensor | None, rho: float) -> t
 
 
 def kl_permean(
-    mu_t: torch.Tensor, ell_t: torch.Tensor | None, prior_mean: torch.Tensor, s: float, scope: torch.Tensor | None
+    mu_t: torch.Tensor,
+    ell_t: torch.Tensor | None,
+    prior_mean: torch.Tensor,
+    s: float,
+    scope: torch.Tensor | None,
 ) -> torch.Tensor:
     """N(m_j, s²) per latent; with m = 0, s = 1 it equals kl_iso."""
     log_s2 = 2 * math.log(s)

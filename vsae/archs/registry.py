@@ -34,11 +34,21 @@ class ArchSpec:
 _TOPK = {"sparsifier": "topk", "b_dec_init": "geometric_median"}
 _BATCH = {"sparsifier": "batchtopk", "b_dec_init": "geometric_median", "inference": "threshold"}
 _SPECS = [
-    ArchSpec("standard", "ReLU SAE with L1, unit decoder (Bricken et al. 2023)", {"sparsifier": "relu", "l1_coeff": 0.04}),
+    ArchSpec(
+        "standard",
+        "ReLU SAE with L1, unit decoder (Bricken et al. 2023)",
+        {"sparsifier": "relu", "l1_coeff": 0.04},
+    ),
     ArchSpec(
         "standard_april",
         "Anthropic April 2024: free decoder, norm-weighted L1, no input centring",
-        {"sparsifier": "relu", "l1_coeff": 0.04, "apply_b_dec_to_input": False, "decoder_norm": "free", "init_dec_norm": 0.1},
+        {
+            "sparsifier": "relu",
+            "l1_coeff": 0.04,
+            "apply_b_dec_to_input": False,
+            "decoder_norm": "free",
+            "init_dec_norm": 0.1,
+        },
     ),
     ArchSpec(
         "gated",
@@ -61,14 +71,40 @@ _SPECS = [
         _BATCH | {"group_fractions": [1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2]},
         lr=_topk_lr,
     ),
-    ArchSpec("panneal", "ReLU SAE with p-annealing of an Lp penalty (Karvonen et al. 2024)", {"sparsifier": "relu", "l1_coeff": 0.015}),
+    ArchSpec(
+        "panneal",
+        "ReLU SAE with p-annealing of an Lp penalty (Karvonen et al. 2024)",
+        {"sparsifier": "relu", "l1_coeff": 0.015},
+    ),
     ArchSpec("vsae_iso", "VSAE, isotropic prior, sparse ReLU mean + L1", {}, base="standard", n_dec="F"),
     ArchSpec(
-        "vsae_topk", "VSAE, top-k on |z| (signed codes)", {"topk_mode": "abs", "relu_mu": False}, base="topk", n_dec="k"
+        "vsae_topk",
+        "VSAE, top-k on |z| (signed codes)",
+        {"topk_mode": "abs", "relu_mu": False},
+        base="topk",
+        n_dec="k",
     ),
-    ArchSpec("vsae_gated", "VSAE, Gated with a Gaussian magnitude", {"kl_scope": "selected"}, base="gated", n_dec="32"),
-    ArchSpec("vsae_jumprelu", "VSAE, noise before the JumpReLU gate", {"relu_mu": False}, base="jumprelu", n_dec="l0_target"),
-    ArchSpec("vsae_multi", "VSAE, equicorrelated prior (closed form, O(F))", {"prior": "equicorr"}, base="vsae_iso", n_dec="F"),
+    ArchSpec(
+        "vsae_gated",
+        "VSAE, Gated with a Gaussian magnitude",
+        {"kl_scope": "selected"},
+        base="gated",
+        n_dec="32",
+    ),
+    ArchSpec(
+        "vsae_jumprelu",
+        "VSAE, noise before the JumpReLU gate",
+        {"relu_mu": False},
+        base="jumprelu",
+        n_dec="l0_target",
+    ),
+    ArchSpec(
+        "vsae_multi",
+        "VSAE, equicorrelated prior (closed form, O(F))",
+        {"prior": "equicorr"},
+        base="vsae_iso",
+        n_dec="F",
+    ),
     ArchSpec(
         "vsae_batchtopk",
         "VSAE, batch top-k on |z|",
@@ -116,7 +152,13 @@ def build_config(name: str, d_in: int, d_sae: int, overrides: dict | None = None
     """Registry defaults + user overrides, with the VSAE scale (β, log_var_init) resolved (§2.2)."""
     check_arch(name)
     overrides = dict(overrides or {})
-    valid = {f.name for f in dataclasses.fields(SAEConfig)} - {"architecture", "d_in", "d_sae", "n_dec", "kl_coeff_source"}
+    valid = {f.name for f in dataclasses.fields(SAEConfig)} - {
+        "architecture",
+        "d_in",
+        "d_sae",
+        "n_dec",
+        "kl_coeff_source",
+    }
     unknown = set(overrides) - valid
     if unknown:
         raise VsaeError(f"unknown hyper-parameter(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")

@@ -157,7 +157,10 @@ class SAE(nn.Module):
                 score, _ = scores(z, cfg.topk_mode)
                 return z * (score > self.threshold)
             if wants_threshold and cfg.sparsifier == "batchtopk" and not self._fallback_warned:
-                warnings.warn("threshold unset: inference falls back to batch top-k over this call's tokens")
+                warnings.warn(
+                    "threshold unset: inference falls back to batch top-k over this call's tokens",
+                    stacklevel=2,
+                )
                 self._fallback_warned = True
         return self._train_code(z, pi_gate)[0]
 
@@ -409,10 +412,21 @@ class _PAnneal:
         self._advance(ctx.step + 1)
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha, "index": self.index, "queue": list(self.queue), "p": self.p, "total": self.total}
+        return {
+            "alpha": self.alpha,
+            "index": self.index,
+            "queue": list(self.queue),
+            "p": self.p,
+            "total": self.total,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.alpha, self.index, self.p, self.total = state["alpha"], state["index"], state["p"], state["total"]
+        self.alpha, self.index, self.p, self.total = (
+            state["alpha"],
+            state["index"],
+            state["p"],
+            state["total"],
+        )
         self.queue = [tuple(q) for q in state["queue"]]
 
 

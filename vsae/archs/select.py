@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def _select_with_ties(score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool) -> torch.Tensor:
+def _select_with_ties(
+    score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool
+) -> torch.Tensor:
     """Mask of the k highest eligible scores along the last axis, ties broken towards lower indices.
 
     eligible None: every entry (or, with positive=True, exactly those with score > 0). Fast path:
@@ -32,12 +34,16 @@ def _select_with_ties(score: torch.Tensor, eligible: torch.Tensor | None, k: int
     return above | (tied & (tied.cumsum(dim=-1) <= room))
 
 
-def topk_mask(score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool = False) -> torch.Tensor:
+def topk_mask(
+    score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool = False
+) -> torch.Tensor:
     """Per-row top-k over the latent axis of a [N, F] score matrix."""
     return _select_with_ties(score, eligible, k, positive)
 
 
-def batch_topk_mask(score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool = False) -> torch.Tensor:
+def batch_topk_mask(
+    score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool = False
+) -> torch.Tensor:
     """Top k·N over the flattened [N, F] matrix (token-major flat index n·F + j decides ties)."""
     n = score.shape[0]
     flat_eligible = None if eligible is None else eligible.reshape(1, -1)

@@ -17,7 +17,9 @@ def n_steps(frac: float, total: int) -> int:
     return min(total, math.floor(frac * total + 1e-9))
 
 
-def make_generator(seed: int, stream: int, rank: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
+def make_generator(
+    seed: int, stream: int, rank: int = 0, device: str | torch.device = "cpu"
+) -> torch.Generator:
     """A generator seeded from SeedSequence([seed, stream, rank]) so streams never coincide."""
     word = np.random.SeedSequence([seed, stream, rank]).generate_state(1, dtype=np.uint64)[0]
     gen = torch.Generator(device=device)

@@ -17,6 +17,8 @@ from vsae.evaluate.core import EvalConfig
 from vsae.harvest.loop import HarvestConfig
 from vsae.harvest.models import ALIASES, PACKAGED
 from vsae.progress import console
+from vsae.progress import results as results_console
+from vsae.store.synthetic import SyntheticConfig
 from vsae.train.config import TrainConfig
 
 app = typer.Typer(
@@ -29,6 +31,7 @@ H = field_help(HarvestConfig)
 T = field_help(TrainConfig)
 E = field_help(EvalConfig)
 M = field_help(SAEConfig)
+S = field_help(SyntheticConfig)
 ARCH_LIST = ", ".join(ARCHS)
 
 
@@ -66,17 +69,34 @@ def harvest(
     from vsae.harvest.loop import harvest as run
 
     cfg = HarvestConfig(
-        model=model, layers=_ints(layer, "--layer"), sites=[s.strip() for s in site.split(",") if s.strip()],
-        dataset=dataset, split=split, dataset_revision=dataset_revision, text_column=text_column, tokens=tokens,
-        ctx_len=ctx_len, batch_size=batch_size, store=store, dtype=dtype, chunk_tokens=chunk_tokens,
-        shard_chunks=shard_chunks, heldout_fraction=heldout_fraction, seed=seed, exclude_special=not keep_special,
-        force=force, revision=revision, device=device,
+        model=model,
+        layers=_ints(layer, "--layer"),
+        sites=[s.strip() for s in site.split(",") if s.strip()],
+        dataset=dataset,
+        split=split,
+        dataset_revision=dataset_revision,
+        text_column=text_column,
+        tokens=tokens,
+        ctx_len=ctx_len,
+        batch_size=batch_size,
+        store=store,
+        dtype=dtype,
+        chunk_tokens=chunk_tokens,
+        shard_chunks=shard_chunks,
+        heldout_fraction=heldout_fraction,
+        seed=seed,
+        exclude_special=not keep_special,
+        force=force,
+        revision=revision,
+        device=device,
     )
     result = run(cfg)
     for line in result.get("skipped", []):
         console.print(f"[yellow]skipped:[/] {line}")
     for path, summary in result.get("tables", {}).items():
-        console.print(f"wrote {store}/{path}: {summary['tokens']:,} tokens ({summary['heldout_tokens']:,} held out)")
+        console.print(
+            f"wrote {store}/{path}: {summary['tokens']:,} tokens ({summary['heldout_tokens']:,} held out)"
+        )
 
 
 def _parse_sets(values: list[str]) -> dict:
@@ -118,15 +138,22 @@ def _coerce(raw: str, typ: str, key: str):
 @app.command()
 def train(
     store: Annotated[str, typer.Option(help="Store to train on (see `vsae info`).")] = "./acts",
-    arch: Annotated[list[str], typer.Option(help=f"Architecture; repeat to train several from one pass: {ARCH_LIST}.")] = ["topk"],  # noqa: B006
-    model: Annotated[str | None, typer.Option(help="Model slug of the table (needed only if the store has several).")] = None,
+    arch: Annotated[
+        list[str], typer.Option(help=f"Architecture; repeat to train several from one pass: {ARCH_LIST}.")
+    ] = ["topk"],  # noqa: B006
+    model: Annotated[
+        str | None, typer.Option(help="Model slug of the table (needed only if the store has several).")
+    ] = None,
     layer: Annotated[int | None, typer.Option(help="Layer of the table.")] = None,
     site: Annotated[str | None, typer.Option(help="Site of the table.")] = None,
     dict_size: Annotated[int | None, typer.Option(help="Dictionary size F.")] = None,
     expansion: Annotated[int | None, typer.Option(help="F = expansion × d_in (default 8).")] = None,
     k: Annotated[int | None, typer.Option(help=M["k"])] = None,
     var_flag: Annotated[int | None, typer.Option(help=M["var_flag"])] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Any architecture hyper-parameter as KEY=VALUE (e.g. kl_scope=selected).")] = [],  # noqa: B006
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", help="Any architecture hyper-parameter as KEY=VALUE (e.g. kl_scope=selected)."),
+    ] = [],  # noqa: B006
     steps: Annotated[int | None, typer.Option(help=T["steps"])] = None,
     tokens: Annotated[int | None, typer.Option(help=T["tokens"])] = None,
     batch_size: Annotated[int, typer.Option(help=T["batch_size"])] = 4096,
@@ -135,8 +162,12 @@ def train(
     log_every: Annotated[int, typer.Option(help=T["log_every"])] = 25,
     save_every: Annotated[int, typer.Option(help=T["save_every"])] = 0,
     device: Annotated[str, typer.Option(help=T["device"])] = "cpu",
-    out: Annotated[Path, typer.Option(help="Output folder; each SAE gets <out>/<arch>_<F>_s<seed>/.")] = Path("ckpt"),
-    resume: Annotated[bool, typer.Option(help="Continue the runs in --out exactly where they stopped.")] = False,
+    out: Annotated[Path, typer.Option(help="Output folder; each SAE gets <out>/<arch>_<F>_s<seed>/.")] = Path(
+        "ckpt"
+    ),
+    resume: Annotated[
+        bool, typer.Option(help="Continue the runs in --out exactly where they stopped.")
+    ] = False,
 ) -> None:
     """Train one or more SAEs on shuffled batches from a store (one pass shared by all of them)."""
     from vsae.train.loop import SAESpec
@@ -150,20 +181,32 @@ def train(
     if var_flag is not None:
         overrides["var_flag"] = var_flag
     specs = [SAESpec(a, d_sae=dict_size, expansion=expansion, overrides=dict(overrides)) for a in arch]
-    tcfg = TrainConfig(lr=lr, batch_size=batch_size, steps=steps, tokens=tokens, seed=seed, log_every=log_every,
-                       save_every=save_every, device=device)
+    tcfg = TrainConfig(
+        lr=lr,
+        batch_size=batch_size,
+        steps=steps,
+        tokens=tokens,
+        seed=seed,
+        log_every=log_every,
+        save_every=save_every,
+        device=device,
+    )
     run(store, specs, tcfg, out, model=model, site=site, layer=layer, resume=resume)
 
 
 @app.command("eval")
 def eval_(
-    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint folders, or folders holding several runs.")],
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoint folders, or folders holding several runs.")
+    ],
     store: Annotated[str | None, typer.Option(help=E["store"])] = None,
     max_tokens: Annotated[int, typer.Option(help=E["max_tokens"])] = 65_536,
     batch_size: Annotated[int, typer.Option(help=E["batch_size"])] = 4096,
     ce: Annotated[bool, typer.Option(help=E["ce"])] = True,
     ce_windows: Annotated[int, typer.Option(help=E["ce_windows"])] = 32,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write all results to this JSON file.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write all results to this JSON file.")
+    ] = None,
 ) -> None:
     """Evaluate checkpoints on held-out store tokens: FVE, L0, dead latents, CE-loss recovered, KL."""
     from vsae.evaluate.core import evaluate, find_checkpoints
@@ -171,7 +214,7 @@ def eval_(
 
     cfg = EvalConfig(store=store, max_tokens=max_tokens, batch_size=batch_size, ce=ce, ce_windows=ce_windows)
     results = [evaluate(p, cfg) for p in find_checkpoints(checkpoints)]
-    console.print(comparison_table(results))
+    results_console.print(comparison_table(results))
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
 
@@ -188,12 +231,95 @@ def info(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        console.print(info_table(store, rows))
+        results_console.print(info_table(store, rows))
+
+
+@app.command()
+def synthetic(
+    store: Annotated[str, typer.Option(help=S["store"])] = "./synthetic",
+    d: Annotated[int, typer.Option(help=S["d"])] = 64,
+    atoms: Annotated[int, typer.Option(help=S["atoms"])] = 256,
+    active: Annotated[float, typer.Option(help=S["active"])] = 5.0,
+    tokens: Annotated[int, typer.Option(help=S["tokens"])] = 200_000,
+    noise: Annotated[float, typer.Option(help=S["noise"])] = 0.01,
+    seed: Annotated[int, typer.Option(help=S["seed"])] = 0,
+    chunk_tokens: Annotated[int, typer.Option(help=S["chunk_tokens"])] = 4096,
+    force: Annotated[bool, typer.Option(help=S["force"])] = False,
+) -> None:
+    """Write a ground-truth table (sparse combinations of known atoms); `vsae eval` then reports recovery."""
+    from vsae.store.synthetic import SyntheticConfig, write_synthetic
+
+    summary = write_synthetic(
+        SyntheticConfig(
+            store=store,
+            d=d,
+            atoms=atoms,
+            active=active,
+            tokens=tokens,
+            noise=noise,
+            seed=seed,
+            chunk_tokens=chunk_tokens,
+            force=force,
+        )
+    )
+    console.print(f"wrote {store}/synthetic/resid_post.0: {summary['tokens']:,} tokens")
+
+
+@app.command("export")
+def export_(
+    checkpoint: Annotated[Path, typer.Argument(help="A vsae checkpoint folder.")],
+    out: Annotated[
+        Path, typer.Argument(help="Folder to write the SAELens cfg.json + sae_weights.safetensors into.")
+    ],
+) -> None:
+    """Export a checkpoint to SAELens format (unit decoder rows; signed codes sign-split into 2F latents)."""
+    from vsae.archs.export import export_saelens
+
+    export_saelens(checkpoint, out)
+    console.print(f"wrote SAELens folder {out}")
+
+
+@app.command("import")
+def import_(
+    folder: Annotated[Path, typer.Argument(help="dictionary_learning folder with ae.pt and config.json.")],
+    out: Annotated[Path, typer.Argument(help="vsae checkpoint folder to write.")],
+    norm_factor: Annotated[
+        float | None, typer.Option(help="Training norm factor c (required for var_flag=1 models).")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="Estimate the norm factor from this store instead.")
+    ] = None,
+    relu_mu: Annotated[
+        bool | None, typer.Option(help="Whether the reference applied ReLU to μ (VSAEIsoGaussian, VSAETopK).")
+    ] = None,
+    allow_inexact: Annotated[
+        bool, typer.Option(help="Import classes with no exact equivalent (VSAEGated).")
+    ] = False,
+    logvar_convention: Annotated[
+        str, typer.Option(help="bias_times_c (reference) or weight_div_c (later fork fix).")
+    ] = "bias_times_c",
+) -> None:
+    """Import a dictionary_learning checkpoint (every dict_class of spec §8.6) as a vsae checkpoint."""
+    from vsae.archs.import_dl import import_dictionary_learning, norm_factor_from_store
+
+    if store is not None and norm_factor is None:
+        norm_factor = norm_factor_from_store(store)
+    import_dictionary_learning(
+        folder,
+        out,
+        norm_factor=norm_factor,
+        relu_mu=relu_mu,
+        allow_inexact=allow_inexact,
+        logvar_convention=logvar_convention,
+    )
+    console.print(f"wrote {out}")
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's store and checkpoints.")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option(help="Folder for the demo's store and checkpoints.")] = Path(
+        "demo-out"
+    ),
     tokens: Annotated[int, typer.Option(help="Tokens of Shakespeare to harvest.")] = 200_000,
     layer: Annotated[int, typer.Option(help="SmolLM2 layer (resid_post).")] = 3,
 ) -> None:
@@ -211,7 +337,9 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]; a harvest resumes from its last commit, a training run with --resume")
+        console.print(
+            "[bold red]interrupted[/]; a harvest resumes from its last commit, a training run with --resume"
+        )
         sys.exit(130)
 
 

@@ -44,7 +44,9 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
         elif p.is_dir():
             found.extend(sorted(c.parent for c in p.glob("*/cfg.json")))
     if not found:
-        raise VsaeError(f"no checkpoints (folders with cfg.json) in {', '.join(paths)}; train one with `vsae train`")
+        raise VsaeError(
+            f"no checkpoints (folders with cfg.json) in {', '.join(paths)}; train one with `vsae train`"
+        )
     return found
 
 
@@ -61,7 +63,12 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
         raise VsaeError(f"{path} has d_in={sae.cfg.d_in} but table {table.path} has d={table.d}")
     result = {"checkpoint": str(path), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae}
     result |= core_metrics(sae, table, meta["norm_factor"], cfg)
-    if cfg.ce:
+    if "true_atoms" in table.group:
+        from vsae.store.synthetic import atom_recovery
+
+        true_atoms = torch.from_numpy(table.group["true_atoms"][:])
+        result["true_atom_recovery"] = atom_recovery(true_atoms, sae.W_dec.detach())
+    if cfg.ce and table.provenance["model_id"] != "synthetic":
         from vsae.evaluate.patching import ce_recovered
 
         result |= ce_recovered(sae, table, max_windows=cfg.ce_windows, lm=lm)
@@ -94,7 +101,9 @@ def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig) -> dict:
             if sae.cfg.is_variational:
                 ell, pre = norm._log_var(xt)
                 extra["sigma"] += float((torch.exp(0.5 * ell) * norm.dec_norms()).mean(dim=-1).sum())
-                extra["at_bound"] += float(((pre <= norm.logvar_min) | (pre >= norm.logvar_max)).float().mean(-1).sum())
+                extra["at_bound"] += float(
+                    ((pre <= norm.logvar_min) | (pre >= norm.logvar_max)).float().mean(-1).sum()
+                )
                 fs = sae.encode(x, sample=True, generator=gen)
                 acc_sample.update(x, sae.decode(fs), fs)
             mask = norm._train_code(mu, pi_gate)[1]
@@ -120,6 +129,10 @@ def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig) -> dict:
         out["fve_mean"] = core["fve"]
     if sae.cfg.is_variational:
         sample = acc_sample.result()
-        out |= {"fve_sample": sample["fve"], "l0_sample": sample["l0"], "sigma_mean": extra["sigma"] / n,
-                "frac_logvar_at_bound": extra["at_bound"] / n}
+        out |= {
+            "fve_sample": sample["fve"],
+            "l0_sample": sample["l0"],
+            "sigma_mean": extra["sigma"] / n,
+            "frac_logvar_at_bound": extra["at_bound"] / n,
+        }
     return {k: (float(v) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}

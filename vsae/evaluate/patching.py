@@ -37,10 +37,14 @@ def ce_recovered(sae: SAE, table: Table, max_windows: int = 32, batch_size: int 
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
     count = 0
     for start in range(0, len(windows), batch_size):
-        ids_np = np.asarray(contexts[windows[start] : windows[min(start + batch_size, len(windows)) - 1] + 1], dtype=np.int64)
+        ids_np = np.asarray(
+            contexts[windows[start] : windows[min(start + batch_size, len(windows)) - 1] + 1], dtype=np.int64
+        )
         ids = torch.from_numpy(ids_np)
         patch = torch.from_numpy(~np.isin(ids_np, special))
-        logits = {mode: _run(lm, prov["module_path"], ids, patch, sae, mode) for mode in ("clean", "sae", "zero")}
+        logits = {
+            mode: _run(lm, prov["module_path"], ids, patch, sae, mode) for mode in ("clean", "sae", "zero")
+        }
         targets = ids[:, 1:]
         logp_clean = torch.log_softmax(logits["clean"][:, :-1].float(), dim=-1)
         for mode, lg in logits.items():

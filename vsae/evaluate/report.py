@@ -1,33 +1,39 @@
-"""A rich comparison table of evaluation results."""
+"""A rich comparison table of evaluation results: one row per metric, one column per checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 
-COLUMNS = [
-    ("architecture", "arch", "{}"),
+ROWS = [
     ("d_sae", "F", "{:,}"),
-    ("fve", "FVE", "{:.4f}"),
+    ("fve", "FVE (inference rule)", "{:.4f}"),
     ("l0", "L0", "{:.1f}"),
-    ("frac_alive", "alive", "{:.3f}"),
-    ("mse", "MSE", "{:.4f}"),
-    ("cos_sim", "cos", "{:.3f}"),
-    ("ce_loss_recovered", "CE rec.", "{:.4f}"),
-    ("ce_loss_with_sae", "CE w/ SAE", "{:.3f}"),
-    ("kl_div_with_sae", "KL(LM)", "{:.4f}"),
-    ("kl", "KL(prior)", "{:.3g}"),
-    ("fve_sample", "FVE sample", "{:.4f}"),
+    ("frac_alive", "alive fraction", "{:.4f}"),
+    ("mse", "MSE (training space)", "{:.4f}"),
+    ("cos_sim", "cosine", "{:.4f}"),
+    ("rel_recon_bias", "rel. recon. bias", "{:.4f}"),
+    ("ce_loss_recovered", "CE-loss recovered", "{:.4f}"),
+    ("ce_loss_with_sae", "CE with SAE", "{:.4f}"),
+    ("kl_div_with_sae", "KL(LM) with SAE", "{:.4f}"),
+    ("kl_div_recovered", "KL recovered", "{:.4f}"),
+    ("kl", "KL to prior /token", "{:.4g}"),
+    ("fve_sample", "FVE sampled code", "{:.4f}"),
+    ("sigma_mean", "posterior σ̃ mean", "{:.4g}"),
+    ("true_atom_recovery", "true-atom recovery", "{:.4f}"),
 ]
 
 
 def comparison_table(results: list[dict]) -> Table:
     table = Table(title="held-out evaluation")
-    cols = [c for c in COLUMNS if any(c[0] in r for r in results)]
-    for _, title, _ in cols:
-        table.add_column(title, justify="right")
+    table.add_column("metric")
     for r in results:
-        table.add_row(*(fmt.format(r[key]) if key in r else "—" for key, _, fmt in cols))
-    if results and "ce_loss_clean" in results[0]:
-        r = results[0]
-        table.caption = f"CE clean {r['ce_loss_clean']:.3f}, zero-ablation {r['ce_loss_zero_ablation']:.3f} nats/token; dead = 1 − alive"
+        table.add_column(f"{r['architecture']}\n{Path(r['checkpoint']).name}", justify="right")
+    for key, title, fmt in ROWS:
+        if any(key in r for r in results):
+            table.add_row(title, *(fmt.format(r[key]) if key in r else "—" for r in results))
+    first = results[0] if results else {}
+    if "ce_loss_clean" in first:
+        table.caption = f"CE clean {first['ce_loss_clean']:.3f}, zero-ablation {first['ce_loss_zero_ablation']:.3f} nats/token"
     return table

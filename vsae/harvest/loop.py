@@ -77,7 +77,9 @@ def harvest(cfg: HarvestConfig, show_progress: bool = True) -> dict:
         (resolve_site(model, s, layer) for layer in cfg.layers for s in cfg.sites), key=lambda s: s.order
     )
     if cfg.ctx_len > getattr(model.config, "max_position_embeddings", cfg.ctx_len):
-        raise VsaeError(f"--ctx-len {cfg.ctx_len} exceeds the model's {model.config.max_position_embeddings} positions")
+        raise VsaeError(
+            f"--ctx-len {cfg.ctx_len} exceeds the model's {model.config.max_position_embeddings} positions"
+        )
     root = open_root(cfg.store, "a")
     writers, skipped = _open_writers(root, cfg, loaded, sites)
     if not writers:
@@ -102,7 +104,9 @@ def harvest(cfg: HarvestConfig, show_progress: bool = True) -> dict:
                 if win.index == start_window and offset:
                     rows = rows[offset:]
                 rows = rows[: cfg.tokens - done]
-                meta = np.stack([win.docs[rows], np.full(len(rows), win.index), rows], axis=1).astype(np.int32)
+                meta = np.stack([win.docs[rows], np.full(len(rows), win.index), rows], axis=1).astype(
+                    np.int32
+                )
                 for (_, writer), a in zip(writers, acts, strict=True):
                     writer.add_window(win.index, win.ids)
                     writer.add(a[i, rows], win.ids[rows], meta)
@@ -153,9 +157,16 @@ def _open_writers(root, cfg: HarvestConfig, loaded, sites: list[Site]):
         }
         try:
             writer = TableWriter(
-                root, path, d=int(loaded.model.config.hidden_size), config=config, provenance=provenance,
-                chunk_tokens=cfg.chunk_tokens, shard_chunks=cfg.shard_chunks, vocab_size=len(tok),
-                ctx_len=cfg.ctx_len, force=cfg.force,
+                root,
+                path,
+                d=int(loaded.model.config.hidden_size),
+                config=config,
+                provenance=provenance,
+                chunk_tokens=cfg.chunk_tokens,
+                shard_chunks=cfg.shard_chunks,
+                vocab_size=len(tok),
+                ctx_len=cfg.ctx_len,
+                force=cfg.force,
             )
         except AlreadyHarvested as done:
             skipped.append(str(done))
@@ -163,7 +174,9 @@ def _open_writers(root, cfg: HarvestConfig, loaded, sites: list[Site]):
         writers.append((site, writer))
     cursors = {w.resume_cursor for _, w in writers}
     if len(cursors) > 1:
-        raise VsaeError("the requested tables stopped at different points; harvest them one at a time to resume")
+        raise VsaeError(
+            "the requested tables stopped at different points; harvest them one at a time to resume"
+        )
     return writers, skipped
 
 

@@ -65,7 +65,9 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except OSError as exc:
-        raise VsaeError(f"could not load model {name!r} ({str(exc).splitlines()[0]}); {OFFLINE_HINT}") from exc
+        raise VsaeError(
+            f"could not load model {name!r} ({str(exc).splitlines()[0]}); {OFFLINE_HINT}"
+        ) from exc
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, model_id, revision, source)
 
@@ -93,7 +95,9 @@ def _check_hub_reachable(model_id: str, revision: str | None) -> None:
         except OSError:
             reason = f"{host} is unreachable"
     if reason:
-        raise VsaeError(f"could not fetch model {model_id!r} from the Hugging Face hub ({reason}); {OFFLINE_HINT}")
+        raise VsaeError(
+            f"could not fetch model {model_id!r} from the Hugging Face hub ({reason}); {OFFLINE_HINT}"
+        )
 
 
 def packaged_smollm2() -> str:

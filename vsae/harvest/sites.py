@@ -14,8 +14,17 @@ FAMILIES = {
     "llama": ("model.layers", "self_attn", "mlp"),
 }
 # Hugging Face model_type → family whose module names it shares.
-MODEL_TYPES = {"gpt_neox": "gpt_neox", "gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
-               "qwen3": "llama", "gemma": "llama", "gemma2": "llama", "olmo": "llama"}
+MODEL_TYPES = {
+    "gpt_neox": "gpt_neox",
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "gemma": "llama",
+    "gemma2": "llama",
+    "olmo": "llama",
+}
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,9 @@ class Site:
 def family_of(model) -> str:
     model_type = getattr(model.config, "model_type", "?")
     if model_type not in MODEL_TYPES:
-        raise VsaeError(f"model type {model_type!r} is not supported; supported: {', '.join(sorted(MODEL_TYPES))}")
+        raise VsaeError(
+            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(MODEL_TYPES))}"
+        )
     return MODEL_TYPES[model_type]
 
 

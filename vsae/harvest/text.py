@@ -67,14 +67,18 @@ def _local(path: Path, column: str) -> Iterator[str]:
                 if line.strip():
                     row = json.loads(line)
                     if column not in row:
-                        raise VsaeError(f"{file}:{n + 1} has no text column {column!r}; pick one with --text-column")
+                        raise VsaeError(
+                            f"{file}:{n + 1} has no text column {column!r}; pick one with --text-column"
+                        )
                     yield row[column]
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
             table = pq.read_table(file)
             if column not in table.column_names:
-                raise VsaeError(f"{file} has no text column {column!r} (columns: {', '.join(table.column_names)})")
+                raise VsaeError(
+                    f"{file} has no text column {column!r} (columns: {', '.join(table.column_names)})"
+                )
             yield from table.column(column).to_pylist()
 
 
@@ -90,7 +94,9 @@ def _hub(src: TextSource) -> Iterator[str]:
         ) from exc
     for row in ds.shuffle(seed=src.seed, buffer_size=10_000):
         if src.text_column not in row:
-            raise VsaeError(f"dataset {src.dataset} has no text column {src.text_column!r}; columns: {', '.join(row)}")
+            raise VsaeError(
+                f"dataset {src.dataset} has no text column {src.text_column!r}; columns: {', '.join(row)}"
+            )
         yield row[src.text_column]
 
 

@@ -52,13 +52,32 @@ def describe(store: str) -> list[dict]:
 
 def info_table(store: str, rows: list[dict]) -> RichTable:
     table = RichTable(title=f"store {store}")
-    for col in ("table", "model", "hook", "tokens", "d", "dtype", "on disk", "B/token", "vs fp32", "held out", "status"):
+    for col in (
+        "table",
+        "model",
+        "hook",
+        "tokens",
+        "d",
+        "dtype",
+        "on disk",
+        "B/token",
+        "vs fp32",
+        "held out",
+        "status",
+    ):
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["table"], str(r["model"]), str(r["hook_name"]), f"{r['tokens']:,}", str(r["d"]), str(r["dtype"]),
-            f"{r['bytes_on_disk'] / 2**20:.1f} MiB", f"{r['bytes_per_token'] or 0:.0f}",
-            f"{r['compression_vs_fp32'] or 0:.2f}×", f"{r['heldout_tokens'] or 0:,}",
+            r["table"],
+            str(r["model"]),
+            str(r["hook_name"]),
+            f"{r['tokens']:,}",
+            str(r["d"]),
+            str(r["dtype"]),
+            f"{r['bytes_on_disk'] / 2**20:.1f} MiB",
+            f"{r['bytes_per_token'] or 0:.0f}",
+            f"{r['compression_vs_fp32'] or 0:.2f}×",
+            f"{r['heldout_tokens'] or 0:,}",
             "complete" if r["complete"] else f"partial ({r['progress']['tokens']:,} tokens)",
         )
     return table

@@ -1,12 +1,12 @@
 """Zarr v3 store layout: one table per model/site/layer, dtypes, codecs, opening roots (DESIGN.md, Store).
 
-    <root>/<model-slug>/<site>.<layer>/
-        activations  (n_tokens, d)  bf16 as uint16 words | float16 | float32; Blosc-zstd + crc32c, sharded
-        tokens       (n_tokens,)    uint16 when the vocabulary fits, else uint32
-        doc_pos      (n_tokens, 3)  int32: document index, context-window index, position in the window
-        contexts     (n_windows, ctx_len)  every window's full token ids, specials included (CE eval, dashboards)
-        chunk_sum    (n_chunks, d)  float64 per-chunk Σx of the stored values (norm factor, mean)
-        chunk_sumsq  (n_chunks,)    float64 per-chunk Σ‖x‖²
+<root>/<model-slug>/<site>.<layer>/
+    activations  (n_tokens, d)  bf16 as uint16 words | float16 | float32; Blosc-zstd + crc32c, sharded
+    tokens       (n_tokens,)    uint16 when the vocabulary fits, else uint32
+    doc_pos      (n_tokens, 3)  int32: document index, context-window index, position in the window
+    contexts     (n_windows, ctx_len)  every window's full token ids, specials included (CE eval, dashboards)
+    chunk_sum    (n_chunks, d)  float64 per-chunk Σx of the stored values (norm factor, mean)
+    chunk_sumsq  (n_chunks,)    float64 per-chunk Σ‖x‖²
 """
 
 from __future__ import annotations
@@ -81,4 +81,6 @@ def open_root(url: str, mode: str) -> zarr.Group:
     try:
         return zarr.open_group(url, mode=mode)
     except FileNotFoundError as exc:
-        raise VsaeError(f"store {url} does not exist; create it with `vsae harvest MODEL --store {url}`") from exc
+        raise VsaeError(
+            f"store {url} does not exist; create it with `vsae harvest MODEL --store {url}`"
+        ) from exc

@@ -18,7 +18,9 @@ from vsae.store.table import Table
 class ShuffledBatches:
     """Infinite iterator of [batch_size, d] fp32 batches from a table's training split."""
 
-    def __init__(self, table: Table, batch_size: int, seed: int = 0, buffer_chunks: int = 8, threads: int = 4):
+    def __init__(
+        self, table: Table, batch_size: int, seed: int = 0, buffer_chunks: int = 8, threads: int = 4
+    ):
         self.table = table
         self.batch_size = batch_size
         self.seed = seed

@@ -45,8 +45,21 @@ class Table:
             words = self.acts[start:stop]
         except ValueError as exc:
             chunk = start // self.chunk_tokens
-            raise VsaeError(f"table {self.path}: chunk {chunk} is corrupted ({exc}); re-harvest with --force") from exc
+            raise VsaeError(
+                f"table {self.path}: chunk {chunk} is corrupted ({exc}); re-harvest with --force"
+            ) from exc
         return from_storage(words, self.dtype)
+
+    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """About n training tokens from randomly chosen chunks (resampling pools), fp32."""
+        parts, have = [], 0
+        for c in torch.randperm(self.n_train_chunks, generator=gen).tolist():
+            start, stop = self.chunk_bounds(c)
+            parts.append(self.read(start, min(stop, self.n_train)))
+            have += len(parts[-1])
+            if have >= n:
+                break
+        return torch.cat(parts)[:n]
 
     def tokens(self, start: int, stop: int) -> np.ndarray:
         return self.group["tokens"][start:stop]
@@ -78,7 +91,9 @@ def list_tables(root: zarr.Group) -> list[str]:
     return sorted(out)
 
 
-def open_table(store: str, model: str | None = None, site: str | None = None, layer: int | None = None) -> Table:
+def open_table(
+    store: str, model: str | None = None, site: str | None = None, layer: int | None = None
+) -> Table:
     """The one table matching the filters; with a single table in the store none are needed."""
     root = open_root(store, "r")
     paths = list_tables(root)
@@ -92,7 +107,11 @@ def open_table(store: str, model: str | None = None, site: str | None = None, la
         and (layer is None or p.split("/")[1].rsplit(".", 1)[1] == str(layer))
     ]
     if not chosen:
-        raise VsaeError(f"store {store} has no table for model={model} site={site} layer={layer}; it has: {', '.join(paths)}")
+        raise VsaeError(
+            f"store {store} has no table for model={model} site={site} layer={layer}; it has: {', '.join(paths)}"
+        )
     if len(chosen) > 1:
-        raise VsaeError(f"store {store} has several tables ({', '.join(chosen)}); pick one with --model/--site/--layer")
+        raise VsaeError(
+            f"store {store} has several tables ({', '.join(chosen)}); pick one with --model/--site/--layer"
+        )
     return Table(root[chosen[0]], chosen[0])

@@ -16,7 +16,14 @@ import torch
 import zarr
 
 from vsae.errors import VsaeError
-from vsae.store.layout import FORMAT_VERSION, STORAGE_DTYPES, compressors, from_storage, to_storage, token_dtype
+from vsae.store.layout import (
+    FORMAT_VERSION,
+    STORAGE_DTYPES,
+    compressors,
+    from_storage,
+    to_storage,
+    token_dtype,
+)
 
 
 class AlreadyHarvested(VsaeError):
@@ -55,7 +62,9 @@ class TableWriter:
             self.group = root[path]
             self._check_same_config(dict(self.group.attrs))
             if self.group.attrs.get("complete"):
-                raise AlreadyHarvested(f"table {path} is already complete ({self.group['activations'].shape[0]:,} tokens); use --force to redo it")
+                raise AlreadyHarvested(
+                    f"table {path} is already complete ({self.group['activations'].shape[0]:,} tokens); use --force to redo it"
+                )
         else:
             self.group = self._create(root, path, chunk_tokens, vocab_size, ctx_len, provenance)
         self.progress = dict(self.group.attrs["progress"])
@@ -68,21 +77,64 @@ class TableWriter:
         group = root.require_group(path)
         shard = self.shard_tokens
         group.create_array(
-            "activations", shape=(0, self.d), chunks=(chunk_tokens, self.d), shards=(shard, self.d),
-            dtype=STORAGE_DTYPES[self.dtype], compressors=compressors(), fill_value=0, overwrite=True,
+            "activations",
+            shape=(0, self.d),
+            chunks=(chunk_tokens, self.d),
+            shards=(shard, self.d),
+            dtype=STORAGE_DTYPES[self.dtype],
+            compressors=compressors(),
+            fill_value=0,
+            overwrite=True,
         )
         tok = token_dtype(vocab_size)
-        group.create_array("tokens", shape=(0,), chunks=(chunk_tokens,), shards=(shard,), dtype=tok,
-                           compressors=compressors(), fill_value=0, overwrite=True)
-        group.create_array("doc_pos", shape=(0, 3), chunks=(chunk_tokens, 3), shards=(shard, 3), dtype="int32",
-                           compressors=compressors(), fill_value=0, overwrite=True)
+        group.create_array(
+            "tokens",
+            shape=(0,),
+            chunks=(chunk_tokens,),
+            shards=(shard,),
+            dtype=tok,
+            compressors=compressors(),
+            fill_value=0,
+            overwrite=True,
+        )
+        group.create_array(
+            "doc_pos",
+            shape=(0, 3),
+            chunks=(chunk_tokens, 3),
+            shards=(shard, 3),
+            dtype="int32",
+            compressors=compressors(),
+            fill_value=0,
+            overwrite=True,
+        )
         win_chunk = max(1, chunk_tokens // ctx_len)
-        group.create_array("contexts", shape=(0, ctx_len), chunks=(win_chunk, ctx_len), dtype=tok,
-                           compressors=compressors(), fill_value=0, overwrite=True)
-        group.create_array("chunk_sum", shape=(0, self.d), chunks=(1024, self.d), dtype="float64",
-                           compressors=compressors(), fill_value=0.0, overwrite=True)
-        group.create_array("chunk_sumsq", shape=(0,), chunks=(1024,), dtype="float64",
-                           compressors=compressors(), fill_value=0.0, overwrite=True)
+        group.create_array(
+            "contexts",
+            shape=(0, ctx_len),
+            chunks=(win_chunk, ctx_len),
+            dtype=tok,
+            compressors=compressors(),
+            fill_value=0,
+            overwrite=True,
+        )
+        group.create_array(
+            "chunk_sum",
+            shape=(0, self.d),
+            chunks=(1024, self.d),
+            dtype="float64",
+            compressors=compressors(),
+            fill_value=0.0,
+            overwrite=True,
+        )
+        group.create_array(
+            "chunk_sumsq",
+            shape=(0,),
+            chunks=(1024,),
+            dtype="float64",
+            compressors=compressors(),
+            fill_value=0.0,
+            overwrite=True,
+        )
         group.attrs.update(
             {
                 "format": "vsae-store",
@@ -138,7 +190,10 @@ class TableWriter:
         sums = np.asarray(self.group["chunk_sum"][: n_chunks - heldout])
         sumsq = np.asarray(self.group["chunk_sumsq"][: n_chunks - heldout])
         n_train = min(n, (n_chunks - heldout) * chunk)
-        stats = {"mean_sq_norm": float(sumsq.sum()) / n_train, "mean_norm_sq_of_mean": float(np.square(sums.sum(0) / n_train).sum())}
+        stats = {
+            "mean_sq_norm": float(sumsq.sum()) / n_train,
+            "mean_norm_sq_of_mean": float(np.square(sums.sum(0) / n_train).sum()),
+        }
         fingerprint = hashlib.sha256(
             json.dumps([self.config, n, float(sumsq.sum())], sort_keys=True).encode()
         ).hexdigest()[:16]
@@ -178,7 +233,12 @@ class TableWriter:
         self._buf = [rest] if len(rest[1]) else []
         self._buffered = len(rest[1])
         windows = self.group["contexts"].shape[0]
-        self.progress = {"tokens": stop, "windows": windows, "next_window": next_window, "window_offset": offset}
+        self.progress = {
+            "tokens": stop,
+            "windows": windows,
+            "next_window": next_window,
+            "window_offset": offset,
+        }
         self.group.attrs["progress"] = self.progress
 
     def _commit_stats(self, start: int, words: np.ndarray) -> None:

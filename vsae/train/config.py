@@ -27,6 +27,10 @@ class TrainConfig:
     """Fraction of steps over which the KL term ramps up."""
     dead_after_tokens: int = 10_000_000
     """A latent is dead after this many tokens without firing (capped at 10% of the run)."""
+    resample_at_fracs: list[float] = field(default_factory=list)
+    """Fractions of T at which dead latents are resampled (standard, panneal; empty: off)."""
+    resample_pool_tokens: int = 262_144
+    """Training tokens drawn to choose resampling directions."""
     batch_size: int = 4096
     """Tokens per step."""
     steps: int | None = None

@@ -19,13 +19,14 @@ import vsae
 from vsae.archs.checkpoint import read_cfg, write_checkpoint
 from vsae.archs.registry import build_config, check_arch, predicted_noise_power, train_defaults
 from vsae.archs.sae import SAE, StepContext
-from vsae.archs.steps import EPS_STREAM, make_generator
+from vsae.archs.steps import DATA_STREAM, EPS_STREAM, make_generator, n_steps
 from vsae.errors import NonFiniteLoss, VsaeError
 from vsae.metrics import fve
 from vsae.progress import Progress, console
 from vsae.store.reader import ShuffledBatches
 from vsae.store.table import Table, open_table
 from vsae.train.config import TrainConfig
+from vsae.train.resample import resample_dead
 from vsae.train.schedules import Schedule
 
 log = logging.getLogger("vsae.train")
@@ -61,22 +62,36 @@ class SAERun:
         self.loss_module = _LossModule(self.model)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=self.betas, eps=tcfg.eps)
-        self.schedule = Schedule.derive(total, tcfg.lr_warmup_frac, tcfg.lr_decay_frac, tcfg.sparsity_warmup_frac, tcfg.kl_warmup_frac)
+        self.schedule = Schedule.derive(
+            total, tcfg.lr_warmup_frac, tcfg.lr_decay_frac, tcfg.sparsity_warmup_frac, tcfg.kl_warmup_frac
+        )
         self.eps_gen = make_generator(tcfg.seed, EPS_STREAM, 0, device=self.device)
         self.tau = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
-        self.t_dead = min(tcfg.dead_after_tokens, max(tcfg.batch_size, math.floor(0.1 * total * tcfg.batch_size)))
+        self.t_dead = min(
+            tcfg.dead_after_tokens, max(tcfg.batch_size, math.floor(0.1 * total * tcfg.batch_size))
+        )
         self.out = out / spec.run_name(d_sae, tcfg.seed)
         self.step_done = 0
         self.tokens_seen = 0
         self.table = table
+        self.data_gen = make_generator(tcfg.seed, DATA_STREAM, 0)
+        self.resample_steps = sorted(
+            {n_steps(f, total) for f in tcfg.resample_at_fracs} & set(range(1, total))
+        )
+        self.n_resampled = 0
 
     # ------------------------------------------------------------------ the step of §3.2
     def step(self, x: torch.Tensor, t: int, fresh: bool, log_now: bool) -> dict | None:
         model, n = self.model, x.shape[0]
         ctx = StepContext(
-            step=t, total_steps=self.total, tokens_seen=self.tokens_seen,
-            sparsity_scale=self.schedule.sparsity(t), kl_scale=self.schedule.kl(t),
-            dead=self.tau >= self.t_dead, generator=self.eps_gen, diagnostics=log_now,
+            step=t,
+            total_steps=self.total,
+            tokens_seen=self.tokens_seen,
+            sparsity_scale=self.schedule.sparsity(t),
+            kl_scale=self.schedule.kl(t),
+            dead=self.tau >= self.t_dead,
+            generator=self.eps_gen,
+            diagnostics=log_now,
         )
         if t == 0 and fresh:
             model.init_from_batch(x)
@@ -99,6 +114,9 @@ class SAERun:
                 model.W_dec.div_(model.W_dec.norm(dim=1, keepdim=True))
         self.tau = torch.where(out["fired"], torch.zeros_like(self.tau), self.tau + n)
         model.after_step(ctx, out)
+        if model.supports_resampling and t + 1 in self.resample_steps:
+            pool = self.table.sample(self.tcfg.resample_pool_tokens, self.data_gen).to(self.device) / self.c
+            self.n_resampled = resample_dead(model, self.opt, self.tau, self.t_dead, pool, self.data_gen)
         self.step_done, self.tokens_seen = t + 1, self.tokens_seen + n
         return self._metrics(x, out, ctx, grad_norm) if log_now else None
 
@@ -110,7 +128,7 @@ class SAERun:
             "step": ctx.step,
             "tokens": self.tokens_seen,
             "loss": float(out["loss"].detach()),
-            **{f"terms/{k}": float(v) for k, v in out["terms"].items()},
+            **{f"terms/{k}": float(v.detach()) for k, v in out["terms"].items()},
             **{f"raw/{k}": float(v) for k, v in out["raw"].items()},
             "mse": float((x - x_det).square().sum(-1).mean()),
             "fve": fve(x, x_det),
@@ -121,6 +139,8 @@ class SAERun:
             "w_kl": ctx.kl_scale,
             "grad_norm": float(grad_norm),
         }
+        if self.model.supports_resampling:
+            m["n_resampled"] = self.n_resampled
         with torch.no_grad():
             m["l0"] = float((model.encode(x) != 0).sum(-1).float().mean())
         if "sigma" in out:
@@ -129,15 +149,25 @@ class SAERun:
             m["l0_sample"] = float((out["f_sample"] != 0).sum(-1).float().mean())
             m["sigma_mean"] = float(out["sigma"].mean())
             active = out["mask_det"]
-            m["sigma_mean_active"] = float(out["sigma"][active].mean()) if bool(active.any()) else float("nan")
+            m["sigma_mean_active"] = (
+                float(out["sigma"][active].mean()) if bool(active.any()) else float("nan")
+            )
             m["frac_logvar_at_bound"] = float(out["frac_logvar_at_bound"])
             if m["frac_logvar_at_bound"] > 0.01:
-                log.warning("%s: %.1f%% of log-variances sit at a clamp bound", self.cfg.architecture, 100 * m["frac_logvar_at_bound"])
+                log.warning(
+                    "%s: %.1f%% of log-variances sit at a clamp bound",
+                    self.cfg.architecture,
+                    100 * m["frac_logvar_at_bound"],
+                )
         if self.cfg.topk_family:
             m["threshold"] = float(model.threshold.mean())
         if self.cfg.decoder_norm == "free":
             norms = model.W_dec.norm(dim=1)
-            m |= {"dec_norm_min": float(norms.min()), "dec_norm_mean": float(norms.mean()), "dec_norm_max": float(norms.max())}
+            m |= {
+                "dec_norm_min": float(norms.min()),
+                "dec_norm_mean": float(norms.mean()),
+                "dec_norm_max": float(norms.max()),
+            }
         return m
 
     # ------------------------------------------------------------------ bookkeeping
@@ -157,8 +187,13 @@ class SAERun:
 
     def meta(self, provenance: dict) -> dict:
         training = dataclasses.asdict(self.tcfg) | {
-            "lr": self.lr, "betas": list(self.betas), "total_steps": self.total, "world_size": 1,
-            "batch_tokens": self.tcfg.batch_size, "n_global": self.tcfg.batch_size, "derived": self.derived(),
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "total_steps": self.total,
+            "world_size": 1,
+            "batch_tokens": self.tcfg.batch_size,
+            "n_global": self.tcfg.batch_size,
+            "derived": self.derived(),
         }
         training.pop("extra", None)
         state = {"step": self.step_done, "tokens_seen": self.tokens_seen}
@@ -177,6 +212,7 @@ class SAERun:
             "tokens_seen": self.tokens_seen,
             "tau": self.tau.clone(),
             "eps_generator": self.eps_gen.get_state(),
+            "data_generator": self.data_gen.get_state(),
             "p_state": self.model.p_state.state_dict() if self.model.p_state else None,
             "reader": reader_state,
             "total_steps": self.total,
@@ -190,10 +226,13 @@ class SAERun:
             )
         self.model.load_state_dict(state["model"])
         index = {n: i for i, n in enumerate(self.names)}
-        self.opt.load_state_dict({"state": {index[n]: s for n, s in state["adam"].items()}, "param_groups": state["adam_groups"]})
+        self.opt.load_state_dict(
+            {"state": {index[n]: s for n, s in state["adam"].items()}, "param_groups": state["adam_groups"]}
+        )
         self.step_done, self.tokens_seen = state["step"], state["tokens_seen"]
         self.tau = state["tau"].to(self.device)
         self.eps_gen.set_state(state["eps_generator"])
+        self.data_gen.set_state(state["data_generator"])
         if state["p_state"] is not None:
             self.model.p_state.load_state_dict(state["p_state"])
 
@@ -247,14 +286,18 @@ def train(
     runs = [SAERun(spec, table, tcfg, total, c, out) for spec in specs]
     names = [r.out.name for r in runs]
     if len(set(names)) != len(names):
-        raise VsaeError(f"two SAEs of the sweep share a run name ({names}); vary the size or a hyper-parameter")
+        raise VsaeError(
+            f"two SAEs of the sweep share a run name ({names}); vary the size or a hyper-parameter"
+        )
     reader = ShuffledBatches(table, tcfg.batch_size, seed=tcfg.seed, buffer_chunks=tcfg.buffer_chunks)
     provenance = _provenance(table, store)
     start = _restore(runs, reader) if resume else 0
     if not resume:
         for run in runs:
             if (run.out / "cfg.json").exists():
-                raise VsaeError(f"{run.out} already holds a checkpoint; use --resume to continue it or another --out")
+                raise VsaeError(
+                    f"{run.out} already holds a checkpoint; use --resume to continue it or another --out"
+                )
     _announce(runs, table, c, total)
     t0 = time.time()
     try:
@@ -308,21 +351,30 @@ def _provenance(table: Table, store: str) -> dict:
         "git_commit": _git_commit(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "ctx_len": table.attrs["config"]["ctx_len"],
-        "dataset": table.attrs["config"]["dataset"],
+        "dataset": table.attrs["config"].get("dataset", table.attrs["config"].get("kind")),
     }
 
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
-        ).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def _announce(runs: list[SAERun], table: Table, c: float, total: int) -> None:
-    console.print(f"table {table.path}: {table.n_train:,} training tokens, d={table.d}, norm factor c={c:.4g}, T={total}")
+    console.print(
+        f"table {table.path}: {table.n_train:,} training tokens, d={table.d}, norm factor c={c:.4g}, T={total}"
+    )
     for run in runs:
         cfg = run.cfg
         line = f"  {run.out.name}: {cfg.architecture} F={cfg.d_sae} lr={run.lr:.3g}"
@@ -330,7 +382,11 @@ def _announce(runs: list[SAERun], table: Table, c: float, total: int) -> None:
             power = predicted_noise_power(cfg)
             line += f" β={cfg.kl_coeff:.3g} predicted decoded noise {power:.3g}·E‖x‖²"
             if power > 1:
-                log.warning("%s: predicted decoded noise power %.3g exceeds the signal (β too large?)", run.out.name, power)
+                log.warning(
+                    "%s: predicted decoded noise power %.3g exceeds the signal (β too large?)",
+                    run.out.name,
+                    power,
+                )
         console.print(line)
 
 

@@ -18,9 +18,17 @@ class Schedule:
     kl_warmup: int  # S_k
 
     @classmethod
-    def derive(cls, total: int, lr_warmup_frac: float, lr_decay_frac: float, sparsity_frac: float, kl_frac: float):
+    def derive(
+        cls, total: int, lr_warmup_frac: float, lr_decay_frac: float, sparsity_frac: float, kl_frac: float
+    ):
         w = n_steps(lr_warmup_frac, total)
-        return cls(total, w, max(w, total - n_steps(lr_decay_frac, total)), n_steps(sparsity_frac, total), n_steps(kl_frac, total))
+        return cls(
+            total,
+            w,
+            max(w, total - n_steps(lr_decay_frac, total)),
+            n_steps(sparsity_frac, total),
+            n_steps(kl_frac, total),
+        )
 
     def lr(self, t: int) -> float:
         warm = min(1.0, (t + 1) / self.warmup) if self.warmup > 0 else 1.0
@@ -34,4 +42,9 @@ class Schedule:
         return min(1.0, (t + 1) / self.kl_warmup) if self.kl_warmup > 0 else 1.0
 
     def as_dict(self) -> dict:
-        return {"W": self.warmup, "t_decay": self.decay_start, "S_s": self.sparsity_warmup, "S_k": self.kl_warmup}
+        return {
+            "W": self.warmup,
+            "t_decay": self.decay_start,
+            "S_s": self.sparsity_warmup,
+            "S_k": self.kl_warmup,
+        }

@@ -1,0 +1,225 @@
+"""Export to SAELens, the SAE Bench adapter, and dictionary_learning import (spec §8.5, §8.6)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+
+from vsae.archs.checkpoint import load_sae, write_checkpoint
+from vsae.archs.fold import fold_to_unit, sign_split
+from vsae.archs.registry import build_config
+from vsae.archs.sae import SAE
+from vsae.errors import VsaeError
+
+D, F = 16, 64
+
+
+def _trained_like(name: str, **ov) -> SAE:
+    """A model with non-trivial (non-unit) parameters, as training would leave it."""
+    if name in ("topk", "batchtopk", "vsae_topk", "matryoshka"):
+        ov.setdefault("k", 4)
+    m = SAE(build_config(name, D, F, ov), seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _n, p in m.named_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+        if m.cfg.topk_family:
+            m.threshold.fill_(0.2)
+        if m.cfg.sparsifier == "jumprelu":
+            m.threshold.abs_().add_(0.05)
+        if m.cfg.decoder_norm == "unit":
+            m.W_dec.div_(m.W_dec.norm(dim=1, keepdim=True))
+    return m
+
+
+def _x(n=32):
+    return torch.randn(n, D, generator=torch.Generator().manual_seed(9)) * 3
+
+
+@pytest.mark.parametrize(
+    "name,ov",
+    [
+        ("standard", {}),
+        ("standard_april", {}),
+        ("gated", {}),
+        ("jumprelu", {}),
+        ("topk", {}),
+        ("batchtopk", {}),
+        ("vsae_topk", {}),
+        ("vsae_iso", {"relu_mu": False}),
+        ("vsae_gated", {}),
+        ("matryoshka", {}),
+    ],
+)
+def test_invariant_export_reloads_in_saelens_with_identical_outputs(name, ov, tmp_path):
+    from sae_lens import SAE as LensSAE
+
+    model = _trained_like(name, **ov)
+    c = 2.0
+    write_checkpoint(
+        tmp_path / "ck",
+        model,
+        c,
+        {"provenance": {"model_id": "m", "hook_name": "blocks.0.hook_resid_post", "layer": 0}},
+    )
+    run_cli("export", tmp_path / "ck", tmp_path / "lens")
+    lens = LensSAE.load_from_disk(tmp_path / "lens")
+    raw = load_sae(tmp_path / "ck")
+    x = _x() * c
+    assert (lens.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
+    torch.testing.assert_close(lens.decode(lens.encode(x)), raw(x), rtol=1e-4, atol=1e-4)
+    cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
+    if cfg["metadata"]["sign_split"]:
+        codes = lens.encode(x)
+        torch.testing.assert_close(
+            codes[:, :F] - codes[:, F:], fold_to_unit(raw).encode(x), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_invariant_folding_is_exact_and_refused_for_selection():
+    for name in ("standard_april", "gated", "jumprelu", "vsae_iso", "vsae_gated", "vsae_jumprelu"):
+        m = _trained_like(name, decoder_norm="free")
+        with torch.no_grad():
+            m.W_dec.mul_(torch.linspace(0.5, 2.0, F)[:, None])
+        folded = fold_to_unit(m)
+        x = _x()
+        assert (folded.W_dec.norm(dim=1) - 1).abs().max() < 1e-6
+        torch.testing.assert_close(folded(x), m(x), rtol=1e-5, atol=1e-5)
+        n = m.W_dec.norm(dim=1)
+        torch.testing.assert_close(folded.encode(x), m.encode(x) * n, rtol=1e-5, atol=1e-5)
+    sel = _trained_like("topk")
+    with torch.no_grad():
+        sel.W_dec.mul_(torch.linspace(0.5, 2.0, F)[:, None])
+    before = sel.W_dec.clone()
+    with pytest.raises(VsaeError, match="non-uniform"):
+        fold_to_unit(sel)
+    assert torch.equal(sel.W_dec, before)
+
+
+def test_sign_split_reproduces_signed_codes():
+    m = _trained_like("vsae_topk", var_flag=0)
+    split = sign_split(m)
+    x = _x()
+    torch.testing.assert_close(split(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_saebench_adapter_wraps_a_checkpoint(tmp_path):
+    from vsae.evaluate.saebench import saebench_sae
+
+    model = _trained_like("vsae_topk")
+    write_checkpoint(
+        tmp_path / "ck",
+        model,
+        1.5,
+        {"provenance": {"model_id": "m", "hook_name": "blocks.2.hook_resid_post", "layer": 2}},
+    )
+    sae = saebench_sae(tmp_path / "ck")
+    assert sae.cfg.hook_name == "blocks.2.hook_resid_post" and sae.cfg.hook_layer == 2
+    assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
+    x = torch.randn(2, 5, D)
+    f = sae.encode(x)
+    assert isinstance(f, torch.Tensor) and f.shape == (2, 5, 2 * F)  # signed code sign-split
+    assert torch.equal(f, sae.encode(x))
+    torch.testing.assert_close(sae(x), load_sae(tmp_path / "ck")(x), rtol=1e-4, atol=1e-4)
+
+
+def _write_reference(folder, dict_class, sd, trainer=None):
+    folder.mkdir(parents=True)
+    torch.save(sd, folder / "ae.pt")
+    (folder / "config.json").write_text(
+        json.dumps({"trainer": {"dict_class": dict_class, **(trainer or {})}})
+    )
+
+
+def _ref_tensors(g):
+    return {
+        "encoder.weight": torch.randn(F, D, generator=g),
+        "encoder.bias": torch.randn(F, generator=g) * 0.1,
+        "decoder.weight": torch.randn(D, F, generator=g),
+        "bias": torch.randn(D, generator=g),
+    }
+
+
+def test_invariant_import_reproduces_reference_formulas(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = _x()
+    # AutoEncoder: relu(encoder(x - bias)) → decoder(f) + bias
+    sd = _ref_tensors(g)
+    _write_reference(tmp_path / "ae", "AutoEncoder", sd)
+    run_cli("import", tmp_path / "ae", tmp_path / "ae_out")
+    f_ref = torch.relu((x - sd["bias"]) @ sd["encoder.weight"].T + sd["encoder.bias"])
+    torch.testing.assert_close(
+        load_sae(tmp_path / "ae_out")(x), f_ref @ sd["decoder.weight"].T + sd["bias"], rtol=1e-5, atol=1e-4
+    )
+    # GatedAutoEncoder
+    gsd = {
+        "encoder.weight": torch.randn(F, D, generator=g),
+        "decoder.weight": torch.randn(D, F, generator=g),
+        "decoder_bias": torch.randn(D, generator=g),
+        "gate_bias": torch.randn(F, generator=g),
+        "mag_bias": torch.randn(F, generator=g),
+        "r_mag": torch.randn(F, generator=g) * 0.1,
+    }
+    _write_reference(tmp_path / "gated", "GatedAutoEncoder", gsd)
+    run_cli("import", tmp_path / "gated", tmp_path / "gated_out")
+    enc = (x - gsd["decoder_bias"]) @ gsd["encoder.weight"].T
+    f = (enc + gsd["gate_bias"] > 0) * torch.relu(torch.exp(gsd["r_mag"]) * enc + gsd["mag_bias"])
+    torch.testing.assert_close(
+        load_sae(tmp_path / "gated_out")(x),
+        f @ gsd["decoder.weight"].T + gsd["decoder_bias"],
+        rtol=1e-5,
+        atol=1e-4,
+    )
+    # AutoEncoderTopK: topk over relu(encoder(x - b_dec))
+    tsd = {k: v for k, v in _ref_tensors(g).items() if k != "bias"} | {
+        "b_dec": torch.randn(D, generator=g),
+        "k": torch.tensor(4),
+        "threshold": torch.tensor(-1.0),
+    }
+    _write_reference(tmp_path / "topk", "AutoEncoderTopK", tsd)
+    run_cli("import", tmp_path / "topk", tmp_path / "topk_out")
+    post = torch.relu((x - tsd["b_dec"]) @ tsd["encoder.weight"].T + tsd["encoder.bias"])
+    top = torch.topk(post, 4, dim=-1)
+    f = torch.zeros_like(post).scatter_(-1, top.indices, top.values)
+    torch.testing.assert_close(
+        load_sae(tmp_path / "topk_out")(x), f @ tsd["decoder.weight"].T + tsd["b_dec"], rtol=1e-5, atol=1e-4
+    )
+    # JumpReLU: thresholds floored at 1e-6 and recorded as inexact
+    jsd = {
+        "W_enc": torch.randn(D, F, generator=g),
+        "b_enc": torch.randn(F, generator=g),
+        "W_dec": torch.randn(F, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+        "threshold": torch.rand(F, generator=g),
+    }
+    jsd["threshold"][0] = 0.0
+    _write_reference(tmp_path / "jr", "JumpReluAutoEncoder", jsd)
+    run_cli("import", tmp_path / "jr", tmp_path / "jr_out")
+    cfg = json.loads((tmp_path / "jr_out" / "cfg.json").read_text())
+    assert cfg["provenance"]["imported_from"]["exact"] is False
+    assert bool(load_sae(tmp_path / "jr_out").threshold.min() >= torch.tensor(1e-6))
+
+
+def test_invariant_import_refusals_and_required_relu_mu(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    _write_reference(tmp_path / "lap", "LaplacianTopK", _ref_tensors(g))
+    with pytest.raises(VsaeError, match="no exact"):
+        from vsae.archs.import_dl import import_dictionary_learning
+
+        import_dictionary_learning(tmp_path / "lap", tmp_path / "o1")
+    sd = _ref_tensors(g) | {
+        "var_encoder.weight": torch.randn(F, D, generator=g),
+        "var_encoder.bias": torch.randn(F, generator=g),
+    }
+    _write_reference(tmp_path / "iso", "VSAEIsoGaussian", sd)
+    with pytest.raises(VsaeError, match="relu-mu"):
+        import_dictionary_learning(tmp_path / "iso", tmp_path / "o2", norm_factor=2.0)
+    with pytest.raises(VsaeError, match="norm factor"):
+        import_dictionary_learning(tmp_path / "iso", tmp_path / "o3", relu_mu=True)
+    import_dictionary_learning(tmp_path / "iso", tmp_path / "o4", relu_mu=True, norm_factor=2.0)
+    model = load_sae(tmp_path / "o4", space="normalized")
+    torch.testing.assert_close(model.b_enc_logvar, sd["var_encoder.bias"] / 2.0)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

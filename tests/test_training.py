@@ -1,0 +1,193 @@
+"""Trainer invariants (spec §9) on a real synthetic store written through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from conftest import run_cli
+
+from vsae.archs.checkpoint import load_sae
+from vsae.errors import NonFiniteLoss
+from vsae.store.table import open_table
+from vsae.train.config import TrainConfig
+from vsae.train.loop import SAESpec, norm_factor, train
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth") / "store"
+    run_cli(
+        "synthetic",
+        "--store",
+        path,
+        "--d",
+        "16",
+        "--atoms",
+        "48",
+        "--active",
+        "3",
+        "--tokens",
+        "20000",
+        "--chunk-tokens",
+        "1024",
+        "--noise",
+        "0.02",
+    )
+    return path
+
+
+def _train(store, out, arch="topk", steps=10, **kw):
+    overrides = kw.pop("overrides", {"k": 4} if "topk" in arch or arch in ("batchtopk", "matryoshka") else {})
+    tcfg = TrainConfig(batch_size=256, steps=steps, log_every=1, **kw)
+    return train(str(store), [SAESpec(arch, d_sae=64, overrides=overrides)], tcfg, out, show_progress=False)[
+        0
+    ]
+
+
+def test_invariant_norm_factor_exact_and_recorded(synth, tmp_path):
+    table = open_table(str(synth))
+    x = table.read(0, table.n_train).double()
+    assert math.isclose(norm_factor(table), math.sqrt(float(x.square().sum(1).mean())), rel_tol=1e-9)
+    run = _train(synth, tmp_path, steps=2)
+    cfg = json.loads((run / "cfg.json").read_text())
+    assert cfg["norm_factor"] == norm_factor(table)
+    assert cfg["norm_factor_definition"] == "sqrt(mean ||x||^2)"
+
+
+@pytest.mark.parametrize(
+    "arch", ["topk", "vsae_topk", "jumprelu", "panneal", "batchtopk", "gated", "vsae_iso"]
+)
+def test_invariant_exact_resume(synth, tmp_path, arch):
+    full = _train(synth, tmp_path / "full", arch, steps=10, save_every=4)
+    part = tmp_path / "part" / full.name
+    shutil.copytree(full / "checkpoints" / "step_4", part)
+    overrides = {"k": 4} if arch in ("topk", "vsae_topk", "batchtopk") else {}
+    train(
+        str(synth),
+        [SAESpec(arch, d_sae=64, overrides=overrides)],
+        TrainConfig(batch_size=256, steps=10, log_every=1, save_every=4),
+        tmp_path / "part",
+        resume=True,
+        show_progress=False,
+    )
+    a = torch.load(full / "trainer_state.pt", weights_only=False)
+    b = torch.load(part / "trainer_state.pt", weights_only=False)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for name, state in a["adam"].items():
+        for k, v in state.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["adam"][name][k])), (name, k)
+    assert torch.equal(a["tau"], b["tau"])
+    assert a["p_state"] == b["p_state"]
+
+
+def test_invariant_nonfinite_loss_raises_and_keeps_checkpoint(synth, tmp_path, monkeypatch):
+    from vsae.store import reader
+
+    original = reader.ShuffledBatches.__next__
+    calls = {"n": 0}
+
+    def poisoned(self):
+        batch = original(self)
+        calls["n"] += 1
+        if calls["n"] == 6:  # step 5
+            batch[0, 0] = float("nan")
+        return batch
+
+    monkeypatch.setattr(reader.ShuffledBatches, "__next__", poisoned)
+    with pytest.raises(NonFiniteLoss) as info:
+        _train(synth, tmp_path, steps=10, save_every=2)
+    assert info.value.step == 5
+    run = tmp_path / "topk_64_k4_s0"
+    assert not (run / "cfg.json").exists()  # no final checkpoint from a broken run
+    last = load_sae(run / "checkpoints" / "step_4")  # the last checkpoint is intact and loads
+    assert torch.isfinite(last.W_dec).all()
+
+
+def test_invariant_unit_norm_kept_and_b_dec_free(synth, tmp_path):
+    run = _train(synth, tmp_path, "standard", steps=5)
+    model = load_sae(run, space="normalized")
+    assert (model.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
+    assert abs(float(model.b_dec.norm()) - 1) > 1e-3
+
+
+def test_invariant_dead_counters_and_t_dead(synth, tmp_path):
+    run = _train(synth, tmp_path, "topk", steps=3)
+    state = torch.load(run / "trainer_state.pt", weights_only=False)
+    assert int(state["tau"].max()) <= 3 * 256 and int(state["tau"].min()) >= 0
+    cfg = json.loads((run / "cfg.json").read_text())
+    assert cfg["training"]["derived"]["T_dead"] == 256  # max(N, floor(0.1·3·256)) = 256
+    from vsae.train.loop import SAERun
+
+    table = open_table(str(synth))
+    for total, expected in ((3, 4096), (100, 40960), (10**6, 10_000_000)):
+        run = SAERun(SAESpec("topk", d_sae=64), table, TrainConfig(batch_size=4096), total, 1.0, tmp_path)
+        assert run.t_dead == expected
+
+
+def _resample_setup(seed=0):
+    from vsae.archs.registry import build_config
+    from vsae.archs.sae import SAE, StepContext
+    from vsae.archs.steps import make_generator
+
+    model = SAE(build_config("standard", 16, 64, {}), seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(128, 16, generator=torch.Generator().manual_seed(0))
+    model.loss_terms(x, StepContext(generator=make_generator(0, 1)))["loss"].backward()
+    opt.step()
+    tau = torch.zeros(64, dtype=torch.int64)
+    tau[[3, 10, 40]] = 1000
+    return model, opt, tau, x, make_generator(seed, 2)
+
+
+def test_invariant_resampling_writes_only_dead_slices():
+    from vsae.train.resample import resample_dead
+
+    model, opt, tau, pool, gen = _resample_setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {n: opt.state[p]["exp_avg"].clone() for n, p in model.named_parameters()}
+    alive = torch.ones(64, dtype=torch.bool)
+    alive[[3, 10, 40]] = False
+    enc_scale = 0.2 * float(before["W_enc"][:, alive].norm(dim=0).mean())
+    assert resample_dead(model, opt, tau, 500, pool, gen) == 3
+    dead = [3, 10, 40]
+    for j in dead:
+        v = model.W_dec[j]
+        assert abs(float(v.norm()) - 1) < 1e-6
+        torch.testing.assert_close(model.W_enc[:, j], v * enc_scale)
+        assert float(model.b_enc[j]) == 0.0 and int(tau[j]) == 0
+        assert any(torch.allclose(v, p / p.norm(), atol=1e-6) for p in pool)  # points at a pool token
+    others = [j for j in range(64) if j not in dead]
+    assert torch.equal(model.W_dec[others], before["W_dec"][others])
+    assert torch.equal(model.W_enc[:, others], before["W_enc"][:, others])
+    names = dict(model.named_parameters())
+    assert (opt.state[names["W_enc"]]["exp_avg"][:, dead] == 0).all()
+    assert (opt.state[names["W_dec"]]["exp_avg_sq"][dead] == 0).all()
+    assert torch.equal(opt.state[names["W_enc"]]["exp_avg"][:, others], moments["W_enc"][:, others])
+    assert torch.equal(model.b_dec, before["b_dec"])
+    again, opt2, tau2, pool2, gen2 = _resample_setup()
+    resample_dead(again, opt2, tau2, 500, pool2, gen2)
+    assert torch.equal(again.W_dec, model.W_dec)  # same seed, same resampling
+
+
+def test_invariant_resampling_skipped_when_all_dead(caplog):
+    from vsae.train.resample import resample_dead
+
+    model, opt, tau, pool, gen = _resample_setup()
+    tau.fill_(10_000)
+    before = model.W_dec.clone()
+    assert resample_dead(model, opt, tau, 500, pool, gen) == 0
+    assert torch.equal(model.W_dec, before)
+    assert "no latent is alive" in caplog.text
+
+
+def test_recovery_metric_reported_for_synthetic_tables(synth, tmp_path):
+    run = _train(synth, tmp_path, "topk", steps=60)
+    run_cli("eval", run)
+    result = json.loads((run / "eval.json").read_text())
+    assert 0.3 < result["true_atom_recovery"] <= 1.0
+    assert "ce_loss_recovered" not in result

@@ -1,0 +1,86 @@
+"""Export a checkpoint as a SAELens folder (cfg.json + sae_weights.safetensors), spec §8.5: raw space,
+decoder folded to unit rows, signed codes sign-split, deterministic inference rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from vsae.archs.checkpoint import atomic_dir, load_sae, read_cfg
+from vsae.archs.fold import fold_to_unit, needs_sign_split, sign_split, uses_selection
+from vsae.archs.sae import SAE
+from vsae.errors import VsaeError
+
+
+def deployable(model: SAE) -> tuple[SAE, bool]:
+    """The raw-space model SAELens and SAE Bench see: folded to unit rows, sign-split if signed."""
+    folded = fold_to_unit(model)
+    if needs_sign_split(folded):
+        return sign_split(folded), True
+    return folded, False
+
+
+def saelens_architecture(model: SAE) -> str:
+    cfg = model.cfg
+    if cfg.sparsifier == "relu":
+        return "standard"
+    if cfg.sparsifier == "gate":
+        return "gated"
+    if cfg.sparsifier == "jumprelu":
+        return "jumprelu"
+    if uses_selection(model):
+        if cfg.sparsifier == "topk":
+            return "topk"
+        raise VsaeError(f"{cfg.architecture}: the learned threshold is unset; train longer before exporting")
+    return "jumprelu"  # threshold-rule inference of the top-k family
+
+
+def export_saelens(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the SAELens folder for `checkpoint` into `out` (atomically)."""
+    meta = read_cfg(checkpoint)
+    model, split = deployable(load_sae(checkpoint))
+    arch = saelens_architecture(model)
+    names = {
+        "standard": ["W_enc", "b_enc", "W_dec", "b_dec"],
+        "gated": ["W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"],
+        "jumprelu": ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"],
+        "topk": ["W_enc", "b_enc", "W_dec", "b_dec"],
+    }[arch]
+    state = model.state_dict()
+    if arch == "jumprelu" and model.cfg.topk_family:
+        state["threshold"] = state["threshold"].clamp(min=0)
+    prov = meta.get("provenance", {})
+    cfg = {
+        "architecture": arch,
+        "d_in": model.cfg.d_in,
+        "d_sae": model.cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": model.cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": prov.get("model_id"),
+            "hook_name": prov.get("hook_name"),
+            "hook_layer": prov.get("layer"),
+            "context_size": prov.get("ctx_len"),
+            "prepend_bos": True,
+            "dataset_path": prov.get("dataset"),
+            "vsae_architecture": meta["architecture"],
+            "sign_split": split,
+        },
+    }
+    if arch == "topk":
+        cfg["k"] = model.cfg.k
+    with atomic_dir(Path(out)) as tmp:
+        save_file({n: state[n].detach().contiguous() for n in names}, tmp / "sae_weights.safetensors")
+        (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2))
+    return Path(out)
+
+
+@torch.no_grad()
+def unit_rows_ok(model: SAE, tol: float = 1e-5) -> bool:
+    return bool(((model.W_dec.norm(dim=1) - 1).abs() < tol).all())
