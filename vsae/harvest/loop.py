@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -15,7 +18,8 @@ from vsae.harvest.models import load_model
 from vsae.harvest.sites import Site, envoy_at, resolve_site
 from vsae.harvest.text import TextSource, Window, documents, pack
 from vsae.progress import Progress
-from vsae.store.layout import open_root, table_path
+from vsae.store.layout import STORAGE_DTYPES, open_root, table_path
+from vsae.store.lock import TableLock
 from vsae.store.writer import AlreadyHarvested, TableWriter
 
 
@@ -71,6 +75,8 @@ def harvest(cfg: HarvestConfig, show_progress: bool = True) -> dict:
         raise VsaeError(f"--tokens must be positive (got {cfg.tokens})")
     if not 0 <= cfg.heldout_fraction < 1:
         raise VsaeError(f"--heldout-fraction must lie in [0, 1) (got {cfg.heldout_fraction})")
+    if cfg.dtype not in STORAGE_DTYPES:
+        raise VsaeError(f"unknown --dtype {cfg.dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
     loaded = load_model(cfg.model, revision=cfg.revision)
     model = loaded.model.to(cfg.device)
     sites = sorted(
@@ -80,18 +86,42 @@ def harvest(cfg: HarvestConfig, show_progress: bool = True) -> dict:
         raise VsaeError(
             f"--ctx-len {cfg.ctx_len} exceeds the model's {model.config.max_position_embeddings} positions"
         )
+    src = TextSource(cfg.dataset, cfg.split, cfg.dataset_revision, cfg.text_column, cfg.seed)
+    if next(pack(documents(src), loaded.tokenizer, cfg.ctx_len, cfg.exclude_special), None) is None:
+        raise VsaeError(
+            f"dataset {cfg.dataset} yields no complete {cfg.ctx_len}-token window; give more text or a smaller --ctx-len"
+        )
     root = open_root(cfg.store, "a")
-    writers, skipped = _open_writers(root, cfg, loaded, sites)
-    if not writers:
-        return {"skipped": skipped}
+    paths = [table_path(loaded.model_id, s.site, s.layer) for s in sites]
+    with contextlib.ExitStack() as locks:
+        for path in paths:
+            locks.enter_context(TableLock(cfg.store, path))
+        writers, skipped = _open_writers(root, cfg, loaded, sites)
+        if not writers:
+            return {"skipped": skipped}
+        try:
+            summary = _run(cfg, loaded, model, src, writers, show_progress)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                done = writers[0][1].progress["tokens"]
+                raise VsaeError(
+                    f"disk full while writing {writers[0][1].path} ({done:,} tokens committed); free space and re-run "
+                    "the same command to resume"
+                ) from exc
+            raise
+    return {"tables": summary, "skipped": skipped}
+
+
+def _run(cfg: HarvestConfig, loaded, model, src: TextSource, writers, show_progress: bool) -> dict:
+    """Forward batches on this thread while a background thread compresses and writes the previous ones."""
     from nnsight.modeling.transformers import TransformersModel
 
     lm = TransformersModel(model, tokenizer=loaded.tokenizer, task="text-generation")
-    src = TextSource(cfg.dataset, cfg.split, cfg.dataset_revision, cfg.text_column, cfg.seed)
     start_window, offset = writers[0][1].resume_cursor
     done = writers[0][1].progress["tokens"]
     windows = pack(documents(src), loaded.tokenizer, cfg.ctx_len, cfg.exclude_special)
     windows = itertools.islice(windows, start_window, None)  # packing is cheap: skip without a forward
+    background = _Background()
     with Progress("harvest", total=cfg.tokens, unit="tok", enabled=show_progress) as bar:
         bar.advance(done)
         while done < cfg.tokens:
@@ -99,23 +129,49 @@ def harvest(cfg: HarvestConfig, show_progress: bool = True) -> dict:
             if not batch:
                 break
             acts = _forward(lm, [s for s, _ in writers], batch, cfg.device)
+            pieces = []
             for i, win in enumerate(batch):
                 rows = np.flatnonzero(win.keep)
                 if win.index == start_window and offset:
                     rows = rows[offset:]
                 rows = rows[: cfg.tokens - done]
-                meta = np.stack([win.docs[rows], np.full(len(rows), win.index), rows], axis=1).astype(
-                    np.int32
-                )
-                for (_, writer), a in zip(writers, acts, strict=True):
-                    writer.add_window(win.index, win.ids)
-                    writer.add(a[i, rows], win.ids[rows], meta)
+                pieces.append((i, win, rows))
                 done += len(rows)
-                bar.advance(len(rows))
                 if done >= cfg.tokens:
                     break
-    summary = {w.path: w.finish(cfg.heldout_fraction) for _, w in writers}
-    return {"tables": summary, "skipped": skipped}
+            background.submit(_write_batch, writers, acts, pieces)
+            bar.advance(sum(len(r) for _, _, r in pieces))
+        background.drain()
+    return {w.path: w.finish(cfg.heldout_fraction) for _, w in writers}
+
+
+def _write_batch(writers, acts, pieces) -> None:
+    for i, win, rows in pieces:
+        meta = np.stack([win.docs[rows], np.full(len(rows), win.index), rows], axis=1).astype(np.int32)
+        for (_, writer), a in zip(writers, acts, strict=True):
+            writer.add_window(win.index, win.ids)
+            writer.add(a[i, rows], win.ids[rows], meta)
+
+
+class _Background:
+    """One writer thread with at most `depth` batches in flight; its errors surface on the caller."""
+
+    def __init__(self, depth: int = 2):
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: list[Future] = []
+        self.depth = depth
+
+    def submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.depth or (self.pending and self.pending[0].done()):
+            self.pending.pop(0).result()
+
+    def drain(self) -> None:
+        try:
+            for fut in self.pending:
+                fut.result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _open_writers(root, cfg: HarvestConfig, loaded, sites: list[Site]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -85,9 +86,12 @@ class Table:
 def list_tables(root: zarr.Group) -> list[str]:
     """Paths of every table (complete or not) below a store root."""
     out = []
-    for model_name, model_group in root.groups():
-        for table_name, _ in model_group.groups():
-            out.append(f"{model_name}/{table_name}")
+    with warnings.catch_warnings():
+        # writer lock files (<table>.lock) sit beside the tables and are not Zarr nodes
+        warnings.filterwarnings("ignore", message=r".*\.lock is not recognized")
+        for model_name, model_group in root.groups():
+            for table_name, _ in model_group.groups():
+                out.append(f"{model_name}/{table_name}")
     return sorted(out)
 
 

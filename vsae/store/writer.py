@@ -16,6 +16,7 @@ import torch
 import zarr
 
 from vsae.errors import VsaeError
+from vsae.store.faults import failpoint
 from vsae.store.layout import (
     FORMAT_VERSION,
     STORAGE_DTYPES,
@@ -216,9 +217,11 @@ class TableWriter:
         words, toks, pos = words[:count], toks[:count], pos[:count]
         start = self.progress["tokens"]
         stop = start + count
+        failpoint("commit-start")
         acts = self.group["activations"]
         acts.resize((stop, self.d))
         acts[start:stop] = words
+        failpoint("commit-mid")
         self.group["tokens"].resize((stop,))
         self.group["tokens"][start:stop] = toks
         self.group["doc_pos"].resize((stop, 3))
@@ -239,7 +242,9 @@ class TableWriter:
             "next_window": next_window,
             "window_offset": offset,
         }
+        failpoint("commit-before-progress")
         self.group.attrs["progress"] = self.progress
+        failpoint("commit-end")
 
     def _commit_stats(self, start: int, words: np.ndarray) -> None:
         """Per-chunk Σx and Σ‖x‖² of the values as stored (what training reads); commits are chunk-aligned."""

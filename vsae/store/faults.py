@@ -1,0 +1,26 @@
+"""Failpoints for crash tests: VSAE_FAILPOINT="name:n[:action]" makes the n-th pass through `name`
+kill the process (action kill, the default) or raise ENOSPC (action enospc). Unset in normal use."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+_hits: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    spec = os.environ.get("VSAE_FAILPOINT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[0] != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] != int(parts[1]):
+        return
+    action = parts[2] if len(parts) > 2 else "kill"
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+    os.kill(os.getpid(), signal.SIGKILL)
