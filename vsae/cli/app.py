@@ -162,6 +162,8 @@ def train(
     log_every: Annotated[int, typer.Option(help=T["log_every"])] = 25,
     save_every: Annotated[int, typer.Option(help=T["save_every"])] = 0,
     device: Annotated[str, typer.Option(help=T["device"])] = "cpu",
+    resample_at: Annotated[str, typer.Option(help=T["resample_at_fracs"] + " Comma-separated.")] = "",
+    dead_after_tokens: Annotated[int, typer.Option(help=T["dead_after_tokens"])] = 10_000_000,
     out: Annotated[Path, typer.Option(help="Output folder; each SAE gets <out>/<arch>_<F>_s<seed>/.")] = Path(
         "ckpt"
     ),
@@ -190,6 +192,8 @@ def train(
         log_every=log_every,
         save_every=save_every,
         device=device,
+        resample_at_fracs=[float(v) for v in resample_at.split(",") if v.strip()],
+        dead_after_tokens=dead_after_tokens,
     )
     run(store, specs, tcfg, out, model=model, site=site, layer=layer, resume=resume)
 

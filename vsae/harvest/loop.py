@@ -14,7 +14,7 @@ import torch
 
 import vsae
 from vsae.errors import VsaeError
-from vsae.harvest.models import load_model
+from vsae.harvest.models import LoadedModel, load_model
 from vsae.harvest.sites import Site, envoy_at, resolve_site
 from vsae.harvest.text import TextSource, Window, documents, pack
 from vsae.progress import Progress
@@ -69,15 +69,16 @@ class HarvestConfig:
     """Device of the forward pass."""
 
 
-def harvest(cfg: HarvestConfig, show_progress: bool = True) -> dict:
-    """Harvest every (layer, site) of `cfg` into its table; returns a summary per table."""
+def harvest(cfg: HarvestConfig, show_progress: bool = True, loaded: LoadedModel | None = None) -> dict:
+    """Harvest every (layer, site) of `cfg` into its table; returns a summary per table.
+    `loaded` reuses an already loaded model (benchmarks, notebooks)."""
     if cfg.tokens < 1:
         raise VsaeError(f"--tokens must be positive (got {cfg.tokens})")
     if not 0 <= cfg.heldout_fraction < 1:
         raise VsaeError(f"--heldout-fraction must lie in [0, 1) (got {cfg.heldout_fraction})")
     if cfg.dtype not in STORAGE_DTYPES:
         raise VsaeError(f"unknown --dtype {cfg.dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
-    loaded = load_model(cfg.model, revision=cfg.revision)
+    loaded = loaded or load_model(cfg.model, revision=cfg.revision)
     model = loaded.model.to(cfg.device)
     sites = sorted(
         (resolve_site(model, s, layer) for layer in cfg.layers for s in cfg.sites), key=lambda s: s.order

@@ -19,14 +19,26 @@ class ShuffledBatches:
     """Infinite iterator of [batch_size, d] fp32 batches from a table's training split."""
 
     def __init__(
-        self, table: Table, batch_size: int, seed: int = 0, buffer_chunks: int = 8, threads: int = 4
+        self,
+        table: Table,
+        batch_size: int,
+        seed: int = 0,
+        buffer_chunks: int = 8,
+        threads: int = 4,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.table = table
+        self.chunks = [c for c in range(table.n_train_chunks) if c % world == rank]  # disjoint slice per rank
+        if not self.chunks:
+            raise ValueError(
+                f"rank {rank} has no training chunk ({table.n_train_chunks} chunks for {world} ranks)"
+            )
         self.batch_size = batch_size
         self.seed = seed
         self.buffer_chunks = max(1, buffer_chunks)
         self.position = 0  # tokens consumed since the start of epoch 0
-        self.n = table.n_train
+        self.n = sum(self._chunk_len(c) for c in self.chunks)
         self._pool = ThreadPoolExecutor(max_workers=threads)
         self._cache: dict[tuple[int, int], object] = {}
 
@@ -39,7 +51,7 @@ class ShuffledBatches:
     def _groups(self, epoch: int) -> tuple[list[list[int]], list[int]]:
         """Chunk groups of this epoch (seeded permutation) and their cumulative token ends."""
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(self.table.n_train_chunks).tolist()
+        order = [self.chunks[i] for i in rng.permutation(len(self.chunks))]
         groups = [order[i : i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)]
         ends, total = [], 0
         for g in groups:
@@ -49,7 +61,7 @@ class ShuffledBatches:
 
     def _chunk_len(self, c: int) -> int:
         start, stop = self.table.chunk_bounds(c)
-        return min(stop, self.n) - start
+        return min(stop, self.table.n_train) - start
 
     def _load_group(self, epoch: int, g: int, chunks: list[int]) -> torch.Tensor:
         def read(c):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from vsae.progress import Progress, console
 from vsae.store.reader import ShuffledBatches
 from vsae.store.table import Table, open_table
 from vsae.train.config import TrainConfig
+from vsae.train.distributed import World
+from vsae.train.distributed import setup as setup_world
 from vsae.train.resample import resample_dead
 from vsae.train.schedules import Schedule
 
@@ -49,7 +52,16 @@ class SAESpec:
 class SAERun:
     """One SAE under training: model, loss module, Adam, schedule, dead counters, output folder."""
 
-    def __init__(self, spec: SAESpec, table: Table, tcfg: TrainConfig, total: int, c: float, out: Path):
+    def __init__(
+        self,
+        spec: SAESpec,
+        table: Table,
+        tcfg: TrainConfig,
+        total: int,
+        c: float,
+        out: Path,
+        world: World = World(),
+    ):
         d_in = table.d
         d_sae = spec.d_sae or d_in * (spec.expansion or 8)
         self.cfg = build_config(spec.arch, d_in, d_sae, spec.overrides)
@@ -57,19 +69,21 @@ class SAERun:
         self.lr = tcfg.lr if tcfg.lr is not None else arch_train["lr"]
         self.betas = tuple(tcfg.betas or arch_train.get("betas", (0.9, 0.999)))
         self.tcfg, self.total, self.c = tcfg, total, c
-        self.device = torch.device(tcfg.device)
+        self.world = world
+        self.device = torch.device(world.device(tcfg.device))
         self.model = SAE(self.cfg, seed=tcfg.seed).to(self.device)
         self.loss_module = _LossModule(self.model)
+        if world.active:  # DDP arms its gradient all-reduce in its own forward (§3.2 rule 1)
+            self.loss_module = torch.nn.parallel.DistributedDataParallel(self.loss_module)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=self.betas, eps=tcfg.eps)
         self.schedule = Schedule.derive(
             total, tcfg.lr_warmup_frac, tcfg.lr_decay_frac, tcfg.sparsity_warmup_frac, tcfg.kl_warmup_frac
         )
-        self.eps_gen = make_generator(tcfg.seed, EPS_STREAM, 0, device=self.device)
+        self.eps_gen = make_generator(tcfg.seed, EPS_STREAM, world.rank, device=self.device)
         self.tau = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
-        self.t_dead = min(
-            tcfg.dead_after_tokens, max(tcfg.batch_size, math.floor(0.1 * total * tcfg.batch_size))
-        )
+        self.n_global = tcfg.batch_size * world.size  # tokens per step over all ranks
+        self.t_dead = min(tcfg.dead_after_tokens, max(self.n_global, math.floor(0.1 * total * self.n_global)))
         self.out = out / spec.run_name(d_sae, tcfg.seed)
         self.step_done = 0
         self.tokens_seen = 0
@@ -82,7 +96,7 @@ class SAERun:
 
     # ------------------------------------------------------------------ the step of §3.2
     def step(self, x: torch.Tensor, t: int, fresh: bool, log_now: bool) -> dict | None:
-        model, n = self.model, x.shape[0]
+        model = self.model
         ctx = StepContext(
             step=t,
             total_steps=self.total,
@@ -94,9 +108,12 @@ class SAERun:
             diagnostics=log_now,
         )
         if t == 0 and fresh:
-            model.init_from_batch(x)
+            first = self.world.gather(x)  # rank 0 initialises from every rank's first batch (rule 3)
+            if self.world.is_main:
+                model.init_from_batch(first)
+            self.world.broadcast(model.state_dict().values())
         out = self.loss_module(x, ctx)
-        if not torch.isfinite(out["loss"]):
+        if not self.world.all_true(bool(torch.isfinite(out["loss"])), self.device):
             raise NonFiniteLoss(t, {k: v for k, v in out["raw"].items()})
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -112,13 +129,26 @@ class SAERun:
         if unit:
             with torch.no_grad():
                 model.W_dec.div_(model.W_dec.norm(dim=1, keepdim=True))
-        self.tau = torch.where(out["fired"], torch.zeros_like(self.tau), self.tau + n)
+        fired = self.world.any(out["fired"])  # rules 4-5: global firing, global token counts, mean statistics
+        self.tau = torch.where(fired, torch.zeros_like(self.tau), self.tau + self.n_global)
+        stats = out["stats"]
+        if "theta_stat" in stats:
+            stats["theta_stat"] = self.world.mean_defined(stats["theta_stat"], self.device)
+        if "p_pair" in stats:
+            stats["p_pair"] = self.world.mean_pair(stats["p_pair"], self.device)
         model.after_step(ctx, out)
         if model.supports_resampling and t + 1 in self.resample_steps:
-            pool = self.table.sample(self.tcfg.resample_pool_tokens, self.data_gen).to(self.device) / self.c
-            self.n_resampled = resample_dead(model, self.opt, self.tau, self.t_dead, pool, self.data_gen)
-        self.step_done, self.tokens_seen = t + 1, self.tokens_seen + n
+            self._resample()
+        self.step_done, self.tokens_seen = t + 1, self.tokens_seen + self.n_global
         return self._metrics(x, out, ctx, grad_norm) if log_now else None
+
+    def _resample(self) -> None:
+        """Rank 0 resamples with its data generator; parameters, Adam moments and τ are broadcast (rule 6)."""
+        if self.world.is_main:
+            pool = self.table.sample(self.tcfg.resample_pool_tokens, self.data_gen).to(self.device) / self.c
+            self.n_resampled = resample_dead(self.model, self.opt, self.tau, self.t_dead, pool, self.data_gen)
+        moments = [s[k] for s in self.opt.state.values() for k in ("exp_avg", "exp_avg_sq") if k in s]
+        self.world.broadcast([*self.model.parameters(), *moments, self.tau])
 
     def _metrics(self, x, out, ctx, grad_norm) -> dict:
         """Training-rule metrics of this batch (spec §7): f_det and x̂(f_det)."""
@@ -190,9 +220,9 @@ class SAERun:
             "lr": self.lr,
             "betas": list(self.betas),
             "total_steps": self.total,
-            "world_size": 1,
+            "world_size": self.world.size,
             "batch_tokens": self.tcfg.batch_size,
-            "n_global": self.tcfg.batch_size,
+            "n_global": self.n_global,
             "derived": self.derived(),
         }
         training.pop("extra", None)
@@ -280,16 +310,24 @@ def train(
     table = open_table(store, model, site, layer)
     if tcfg.batch_size < 1:
         raise VsaeError(f"--batch-size must be positive (got {tcfg.batch_size})")
-    total = _total_steps(tcfg, table)
+    world = setup_world(tcfg.device)
+    total = _total_steps(tcfg, table, world.size)
     c = norm_factor(table)
     out = Path(out)
-    runs = [SAERun(spec, table, tcfg, total, c, out) for spec in specs]
+    runs = [SAERun(spec, table, tcfg, total, c, out, world) for spec in specs]
     names = [r.out.name for r in runs]
     if len(set(names)) != len(names):
         raise VsaeError(
             f"two SAEs of the sweep share a run name ({names}); vary the size or a hyper-parameter"
         )
-    reader = ShuffledBatches(table, tcfg.batch_size, seed=tcfg.seed, buffer_chunks=tcfg.buffer_chunks)
+    reader = ShuffledBatches(
+        table,
+        tcfg.batch_size,
+        seed=tcfg.seed,
+        buffer_chunks=tcfg.buffer_chunks,
+        rank=world.rank,
+        world=world.size,
+    )
     provenance = _provenance(table, store)
     start = _restore(runs, reader) if resume else 0
     if not resume:
@@ -298,39 +336,57 @@ def train(
                 raise VsaeError(
                     f"{run.out} already holds a checkpoint; use --resume to continue it or another --out"
                 )
-    _announce(runs, table, c, total)
+    if world.is_main:
+        _announce(runs, table, c, total)
     t0 = time.time()
+    show_progress = show_progress and world.is_main
+    step_tokens = tcfg.batch_size * world.size
     try:
-        with Progress("train", total=total * tcfg.batch_size, unit="tok", enabled=show_progress) as bar:
-            bar.advance(start * tcfg.batch_size)
+        with Progress("train", total=total * step_tokens, unit="tok", enabled=show_progress) as bar:
+            bar.advance(start * step_tokens)
             for t in range(start, total):
                 x = next(reader).to(runs[0].device, non_blocking=True).float() / c
                 log_now = (t % tcfg.log_every == 0) or t == total - 1
                 for run in runs:
-                    metrics = run.step(x, t, fresh=not resume, log_now=log_now)
+                    metrics = run.step(x, t, fresh=not resume, log_now=log_now and world.is_main)
                     if metrics is not None:
                         _append_metrics(run.out, metrics)
-                if tcfg.save_every and (t + 1) % tcfg.save_every == 0 and t + 1 < total:
+                if tcfg.save_every and (t + 1) % tcfg.save_every == 0 and t + 1 < total and world.is_main:
                     for run in runs:
                         _save(run, provenance, reader, intermediate=True)
-                bar.advance(tcfg.batch_size)
-        for run in runs:
-            _save(run, provenance, reader)
+                bar.advance(step_tokens)
+        if world.is_main:
+            for run in runs:
+                _save(run, provenance, reader)
+        _dump_rank_state(runs, reader, world)
+        world.barrier()
     finally:
         reader.close()
-    console.print(f"trained {len(runs)} SAE(s) for {total} steps in {time.time() - t0:.1f}s → {out}")
+    if world.is_main:
+        console.print(f"trained {len(runs)} SAE(s) for {total} steps in {time.time() - t0:.1f}s → {out}")
     return [run.out for run in runs]
 
 
-def _total_steps(tcfg: TrainConfig, table: Table) -> int:
+def _dump_rank_state(runs: list[SAERun], reader: ShuffledBatches, world: World) -> None:
+    """VSAE_RANK_STATE_DIR=dir saves every rank's trainer state (to check that ranks agree)."""
+    folder = os.environ.get("VSAE_RANK_STATE_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for run in runs:
+            torch.save(
+                run.trainer_state(reader.state_dict()), Path(folder) / f"{run.out.name}.rank{world.rank}.pt"
+            )
+
+
+def _total_steps(tcfg: TrainConfig, table: Table, world_size: int = 1) -> int:
     if tcfg.steps is not None and tcfg.tokens is not None:
         raise VsaeError("give --steps or --tokens, not both")
     if tcfg.steps is not None:
         total = tcfg.steps
     elif tcfg.tokens is not None:
-        total = math.ceil(tcfg.tokens / tcfg.batch_size)
+        total = math.ceil(tcfg.tokens / (tcfg.batch_size * world_size))
     else:
-        total = math.ceil(table.n_train / tcfg.batch_size)
+        total = math.ceil(table.n_train / (tcfg.batch_size * world_size))
     if total < 1:
         raise VsaeError(f"the run has {total} steps; give a positive --steps or --tokens")
     return total
