@@ -170,6 +170,10 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the runs in --out exactly where they stopped.")
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Sweep file (TOML): [[sae]] tables with per-SAE settings, optional [train]."),
+    ] = None,
 ) -> None:
     """Train one or more SAEs on shuffled batches from a store (one pass shared by all of them)."""
     from vsae.train.loop import SAESpec
@@ -195,6 +199,13 @@ def train(
         resample_at_fracs=[float(v) for v in resample_at.split(",") if v.strip()],
         dead_after_tokens=dead_after_tokens,
     )
+    if config is not None:
+        import dataclasses
+
+        from vsae.train.sweep import load_sweep
+
+        specs, train_overrides = load_sweep(config)
+        tcfg = dataclasses.replace(tcfg, **train_overrides)
     run(store, specs, tcfg, out, model=model, site=site, layer=layer, resume=resume)
 
 

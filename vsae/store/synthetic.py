@@ -88,11 +88,12 @@ def write_synthetic(cfg: SyntheticConfig) -> dict:
 
 
 def _sample(atoms: torch.Tensor, n: int, cfg: SyntheticConfig, gen: torch.Generator):
-    counts = torch.poisson(torch.full((n,), cfg.active), generator=gen).clamp(min=1).long()
+    """n tokens: Poisson(active) distinct atoms each (at least 1), coefficients U(0.5, 1.5), plus noise."""
+    counts = torch.poisson(torch.full((n,), float(cfg.active)), generator=gen).clamp(1, atoms.shape[0]).long()
+    order = torch.rand(n, atoms.shape[0], generator=gen).argsort(dim=1)  # a random subset per token
+    keep = torch.arange(atoms.shape[0])[None, :] < counts[:, None]
     codes = torch.zeros(n, atoms.shape[0])
-    for i, c in enumerate(counts.tolist()):
-        idx = torch.randperm(atoms.shape[0], generator=gen)[:c]
-        codes[i, idx] = torch.rand(c, generator=gen) + 0.5
+    codes.scatter_(1, order, keep.float() * (torch.rand(n, atoms.shape[0], generator=gen) + 0.5))
     x = codes @ atoms + cfg.noise * torch.randn(n, atoms.shape[1], generator=gen)
     return x, codes.argmax(dim=1).numpy()
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One prepared GPU session (device tool): correctness, speed and λ calibration. Results land in $OUT.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD:$PWD/bench PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+V="python3 -m vsae.cli"
+python3 bench/gpu_check.py 2>&1 | tee $OUT/gpu_check.log
+python3 bench/topk_sparse.py --device cuda --batch 4096 2>&1 | tee $OUT/topk_sparse.log
+python3 bench/vsae_multi_cost.py --device cuda --batch 4096 --sizes 4096,16384,65536 2>&1 | tee $OUT/vsae_multi.log
+python3 bench/reader_throughput.py --store .gpu/acts --device cuda 2>&1 | tee $OUT/reader.log
+$V synthetic --store /tmp/syn --d 48 --atoms 96 --active 3 --tokens 100000 >/dev/null 2>&1
+$V train --store /tmp/syn --config tests/data/recovery_base.toml --device cuda --out /tmp/rec 2>&1 | tail -2
+$V eval /tmp/rec --json $OUT/recovery_gpu.json 2>&1 | grep -E "true-atom|FVE"
+(time $V train --store .gpu/acts --config bench/calibrate_l1.toml --device cuda --out /tmp/cal) 2>&1 | tail -5
+$V eval /tmp/cal --no-ce --json $OUT/calib.json > /dev/null 2>&1
+python3 -c "
+import json
+for r in json.load(open('$OUT/calib.json')): print(r['checkpoint'].split('/')[-1], 'L0 %.1f FVE %.4f alive %.3f' % (r['l0'], r['fve'], r['frac_alive']))
+" | tee $OUT/calib.txt

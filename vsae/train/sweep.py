@@ -1,0 +1,54 @@
+"""Sweep files: several SAEs with their own hyper-parameters, trained from one pass over the data.
+
+[train]                # optional: any TrainConfig field (steps, batch_size, lr, seed, ...)
+steps = 1500
+
+[[sae]]                # one table per SAE: arch, d_sae or expansion, any architecture hyper-parameter
+arch = "topk"
+d_sae = 512
+k = 6
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from vsae.errors import VsaeError
+from vsae.train.config import TrainConfig
+
+
+def load_sweep(path: str | Path):
+    """(list of SAESpec, TrainConfig overrides) from a TOML sweep file."""
+    from vsae.train.loop import SAESpec
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise VsaeError(f"cannot read sweep file {path}: {exc}") from exc
+    unknown = set(data) - {"train", "sae"}
+    if unknown or not data.get("sae"):
+        raise VsaeError(
+            f"sweep file {path} needs [[sae]] tables (and optionally [train]); unexpected: {sorted(unknown)}"
+        )
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = set(data.get("train", {})) - train_fields
+    if bad:
+        raise VsaeError(
+            f"unknown [train] keys {sorted(bad)} in {path}; valid: {', '.join(sorted(train_fields))}"
+        )
+    specs = []
+    for i, entry in enumerate(data["sae"]):
+        entry = dict(entry)
+        if "arch" not in entry:
+            raise VsaeError(f"[[sae]] number {i + 1} in {path} has no arch")
+        specs.append(
+            SAESpec(
+                entry.pop("arch"),
+                d_sae=entry.pop("d_sae", None),
+                expansion=entry.pop("expansion", None),
+                overrides=entry,
+            )
+        )
+    return specs, data.get("train", {})
