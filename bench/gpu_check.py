@@ -69,7 +69,8 @@ def main() -> None:
         f = z * mask
         xh = sparse_decode(f, mask, w_dec) if fast else f @ w_dec
         grads.append(torch.autograd.grad(xh.square().sum(), [w_enc, b_enc, w_dec]))
-    sparse_ok = all(torch.allclose(p, q, rtol=1e-3, atol=1e-3) for p, q in zip(*grads, strict=True))
+    # relative to each gradient's scale (entries reach ~1e5 here, so fp32 rounding alone is ~1e-2 absolute)
+    sparse_ok = all(float((p - q).abs().max() / q.abs().max()) < 1e-5 for p, q in zip(*grads, strict=True))
     failures += not sparse_ok
     print("sparse kernels match dense on GPU:", sparse_ok)
     print("FAILURES:", failures)

@@ -30,7 +30,7 @@ def main() -> None:
     next(reader)
     t = time.perf_counter()
     for _ in range(args.batches):
-        next(reader).to(args.device)
+        next(reader).to(args.device, non_blocking=True).float()
     read_rate = args.batches * args.batch / (time.perf_counter() - t)
     reader.close()
     d = table.d

@@ -58,12 +58,12 @@ def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     return y.contiguous().numpy()
 
 
-def from_storage(words: np.ndarray, dtype: str) -> torch.Tensor:
-    """Stored words → fp32 torch tensor."""
+def from_storage(words: np.ndarray, dtype: str, as_float: bool = True) -> torch.Tensor:
+    """Stored words → torch tensor: fp32, or the stored precision with as_float=False."""
     t = torch.from_numpy(np.ascontiguousarray(words))
     if dtype == "bfloat16":
         t = t.view(torch.bfloat16)
-    return t.float()
+    return t.float() if as_float else t
 
 
 def token_dtype(vocab_size: int) -> str:

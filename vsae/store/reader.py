@@ -7,6 +7,7 @@ The batch sequence is a pure function of (seed, position), so resuming only need
 from __future__ import annotations
 
 import bisect
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,7 +17,7 @@ from vsae.store.table import Table
 
 
 class ShuffledBatches:
-    """Infinite iterator of [batch_size, d] fp32 batches from a table's training split."""
+    """Infinite iterator of [batch_size, d] batches in the stored precision (callers cast on the device)."""
 
     def __init__(
         self,
@@ -24,7 +25,7 @@ class ShuffledBatches:
         batch_size: int,
         seed: int = 0,
         buffer_chunks: int = 8,
-        threads: int = 4,
+        threads: int = min(8, os.cpu_count() or 1),
         rank: int = 0,
         world: int = 1,
     ):
@@ -39,7 +40,8 @@ class ShuffledBatches:
         self.buffer_chunks = max(1, buffer_chunks)
         self.position = 0  # tokens consumed since the start of epoch 0
         self.n = sum(self._chunk_len(c) for c in self.chunks)
-        self._pool = ThreadPoolExecutor(max_workers=threads)
+        self._pool = ThreadPoolExecutor(max_workers=threads)  # chunk decodes (codecs release the GIL)
+        self._groups_pool = ThreadPoolExecutor(max_workers=2)  # current + prefetched buffer; never nested
         self._cache: dict[tuple[int, int], object] = {}
 
     def state_dict(self) -> dict:
@@ -66,7 +68,7 @@ class ShuffledBatches:
     def _load_group(self, epoch: int, g: int, chunks: list[int]) -> torch.Tensor:
         def read(c):
             start, _ = self.table.chunk_bounds(c)
-            return self.table.read(start, start + self._chunk_len(c))
+            return self.table.read_stored(start, start + self._chunk_len(c))
 
         data = torch.cat(list(self._pool.map(read, chunks)))
         perm = np.random.default_rng([self.seed, epoch, g, 1]).permutation(len(data))
@@ -76,11 +78,11 @@ class ShuffledBatches:
         key = (epoch, g)
         if key not in self._cache:
             self._cache = {k: v for k, v in self._cache.items() if k >= key}
-            self._cache[key] = self._pool.submit(self._load_group, epoch, g, groups[g])
+            self._cache[key] = self._groups_pool.submit(self._load_group, epoch, g, groups[g])
         nxt = (epoch, g + 1) if g + 1 < len(groups) else (epoch + 1, 0)
         if nxt not in self._cache:
             next_groups = groups if nxt[0] == epoch else self._groups(nxt[0])[0]
-            self._cache[nxt] = self._pool.submit(self._load_group, nxt[0], nxt[1], next_groups[nxt[1]])
+            self._cache[nxt] = self._groups_pool.submit(self._load_group, nxt[0], nxt[1], next_groups[nxt[1]])
         return self._cache[key].result()
 
     def __iter__(self):
@@ -101,4 +103,5 @@ class ShuffledBatches:
         return torch.cat(parts)
 
     def close(self) -> None:
+        self._groups_pool.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)

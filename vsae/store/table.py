@@ -42,6 +42,10 @@ class Table:
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Activations [stop − start, d] as fp32; a corrupted chunk is a clear error, never trained on."""
+        return self.read_stored(start, stop).float()
+
+    def read_stored(self, start: int, stop: int) -> torch.Tensor:
+        """Activations in their stored precision (bf16/fp16/fp32): half the bytes to shuffle and transfer."""
         try:
             words = self.acts[start:stop]
         except ValueError as exc:
