@@ -306,3 +306,60 @@ def test_invariant_jumprelu_pseudo_derivatives_entry_by_entry():
     step(u2, theta, h).sum().backward()
     torch.testing.assert_close(theta.grad, (-(1 / h) * rect).sum(0))
     assert float(u2.grad.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["topk", "batchtopk", "vsae_topk", "standard", "gated"])
+def test_invariant_bf16_autocast_keeps_selection_scores_fp32(name):
+    m = make(name)
+    x = x_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, _ = m._mean(m._centre(x))
+        out = m.loss_terms(x, ctx(dead=torch.ones(F, dtype=torch.bool)))
+    if m.cfg.topk_family:
+        assert mu.dtype == torch.float32
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+def test_bf16_training_through_the_cli(tmp_path):
+    from conftest import run_cli
+
+    run_cli(
+        "synthetic",
+        "--store",
+        tmp_path / "s",
+        "--d",
+        "16",
+        "--atoms",
+        "32",
+        "--tokens",
+        "8000",
+        "--chunk-tokens",
+        "1024",
+    )
+    run_cli(
+        "train",
+        "--store",
+        tmp_path / "s",
+        "--arch",
+        "topk",
+        "--arch",
+        "vsae_topk",
+        "--dict-size",
+        "64",
+        "--k",
+        "4",
+        "--steps",
+        "5",
+        "--batch-size",
+        "256",
+        "--compute-dtype",
+        "bfloat16",
+        "--out",
+        tmp_path / "o",
+    )
+    import json
+
+    cfg = json.loads((tmp_path / "o" / "topk_64_k4_s0" / "cfg.json").read_text())
+    assert cfg["training"]["compute_dtype"] == "bfloat16"

@@ -6,6 +6,7 @@ Every registry architecture is this one module with a different SAEConfig; the t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -113,18 +114,26 @@ class SAE(nn.Module):
     def _centre(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
+    def _scores_fp32(self):
+        """Matmuls that feed a top-k / AuxK selection run in fp32 even under bf16 autocast (spec §1)."""
+        if self.cfg.topk_family:
+            return torch.autocast(device_type=self.W_enc.device.type, enabled=False)
+        return contextlib.nullcontext()
+
     def _mean(self, xt: Tensor) -> tuple[Tensor, Tensor | None]:
         """Posterior mean μ and, for gated encoders, the gate pre-activation π_gate."""
         if self.cfg.encoder == "gated":
             q = xt @ self.W_enc
             pi_gate = q + self.b_gate
             return torch.relu(torch.exp(self.r_mag) * q + self.b_mag), pi_gate
-        u = encode_linear(xt, self.W_enc, self.b_enc)
+        with self._scores_fp32():
+            u = encode_linear(xt.float(), self.W_enc, self.b_enc)
         return (torch.relu(u) if self.cfg.relu_mu else u), None
 
     def _log_var(self, xt: Tensor) -> tuple[Tensor, Tensor]:
         """Clamped ℓ (used to sample and in the KL) and the pre-clamp value (for the bound monitor)."""
-        pre = xt @ self.W_enc_logvar + self.b_enc_logvar
+        with self._scores_fp32():
+            pre = xt.float() @ self.W_enc_logvar + self.b_enc_logvar
         return torch.clamp(pre, self.logvar_min, self.logvar_max), pre
 
     def _sample(self, mu: Tensor, ell: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -40,6 +40,7 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         crow, cols, rows, vals, w_dec = ctx.saved_tensors
+        grad_out = grad_out.to(w_dec.dtype)
         grad_f = grad_w = None
         if ctx.needs_input_grad[0]:
             pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), ctx.shape)
@@ -68,6 +69,7 @@ class _EncodeLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
+        grad = grad.to(x.dtype)  # under bf16 autocast the incoming gradient may be bf16
         nz = grad != 0
         if float(nz.float().mean()) > DENSITY_LIMIT:
             return grad @ w.T, x.T @ grad, grad.sum(0)

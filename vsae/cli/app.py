@@ -162,6 +162,7 @@ def train(
     log_every: Annotated[int, typer.Option(help=T["log_every"])] = 25,
     save_every: Annotated[int, typer.Option(help=T["save_every"])] = 0,
     device: Annotated[str, typer.Option(help=T["device"])] = "cpu",
+    compute_dtype: Annotated[str, typer.Option(help=T["compute_dtype"])] = "float32",
     resample_at: Annotated[str, typer.Option(help=T["resample_at_fracs"] + " Comma-separated.")] = "",
     dead_after_tokens: Annotated[int, typer.Option(help=T["dead_after_tokens"])] = 10_000_000,
     out: Annotated[Path, typer.Option(help="Output folder; each SAE gets <out>/<arch>_<F>_s<seed>/.")] = Path(
@@ -196,6 +197,7 @@ def train(
         log_every=log_every,
         save_every=save_every,
         device=device,
+        compute_dtype=compute_dtype,
         resample_at_fracs=[float(v) for v in resample_at.split(",") if v.strip()],
         dead_after_tokens=dead_after_tokens,
     )
@@ -307,14 +309,11 @@ def import_(
     relu_mu: Annotated[
         bool | None, typer.Option(help="Whether the reference applied ReLU to μ (VSAEIsoGaussian, VSAETopK).")
     ] = None,
-    allow_inexact: Annotated[
-        bool, typer.Option(help="Import classes with no exact equivalent (VSAEGated).")
-    ] = False,
     logvar_convention: Annotated[
         str, typer.Option(help="bias_times_c (reference) or weight_div_c (later fork fix).")
     ] = "bias_times_c",
 ) -> None:
-    """Import a dictionary_learning checkpoint (every dict_class of spec §8.6) as a vsae checkpoint."""
+    """Import a dictionary_learning checkpoint (the dict_classes of spec §8.6) as a vsae checkpoint."""
     from vsae.archs.import_dl import import_dictionary_learning, norm_factor_from_store
 
     if store is not None and norm_factor is None:
@@ -324,7 +323,6 @@ def import_(
         out,
         norm_factor=norm_factor,
         relu_mu=relu_mu,
-        allow_inexact=allow_inexact,
         logvar_convention=logvar_convention,
     )
     console.print(f"wrote {out}")

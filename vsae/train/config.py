@@ -45,6 +45,8 @@ class TrainConfig:
     """Steps between intermediate checkpoints (0: only at the end)."""
     device: str = "cpu"
     """Device to train on (cpu, cuda, cuda:1, ...)."""
+    compute_dtype: str = "float32"
+    """float32, or bfloat16 autocast inside the matmuls (parameters and Adam stay fp32; selection scores fp32)."""
     buffer_chunks: int = 8
     """Store chunks mixed together when shuffling tokens."""
     extra: dict = field(default_factory=dict)

@@ -112,7 +112,10 @@ class SAERun:
             if self.world.is_main:
                 model.init_from_batch(first)
             self.world.broadcast(model.state_dict().values())
-        out = self.loss_module(x, ctx)
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.compute_dtype == "bfloat16"
+        ):
+            out = self.loss_module(x, ctx)
         if not self.world.all_true(bool(torch.isfinite(out["loss"])), self.device):
             raise NonFiniteLoss(t, {k: v for k, v in out["raw"].items()})
         self.opt.zero_grad(set_to_none=True)
@@ -308,6 +311,8 @@ def train(
     for spec in specs:
         check_arch(spec.arch)
     table = open_table(store, model, site, layer)
+    if tcfg.compute_dtype not in ("float32", "bfloat16"):
+        raise VsaeError(f"--compute-dtype must be float32 or bfloat16 (got {tcfg.compute_dtype!r})")
     if tcfg.batch_size < 1:
         raise VsaeError(f"--batch-size must be positive (got {tcfg.batch_size})")
     world = setup_world(tcfg.device)
