@@ -27,3 +27,23 @@ def best_of(fn, repeat: int = 3, warmup: int = 1) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def loss_step_time(
+    arch: str, d_in: int, d_sae: int, batch: int, device: str, overrides: dict | None = None
+) -> float:
+    """Best time of one loss_terms forward + backward of a fresh `arch` SAE on random data."""
+    from vsae.archs.registry import build_config
+    from vsae.archs.sae import SAE, StepContext
+    from vsae.archs.steps import make_generator
+
+    model = SAE(build_config(arch, d_in, d_sae, overrides or {})).to(device)
+    x = torch.randn(batch, d_in, device=device)
+    dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
+    ctx = StepContext(step=5, total_steps=100, dead=dead, generator=make_generator(0, 1, device=device))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        model.loss_terms(x, ctx)["loss"].backward()
+
+    return best_of(run)

@@ -7,33 +7,16 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-from common import best_of, machine
+from common import loss_step_time, machine
 
 import vsae.archs.sparse as sparse
-from vsae.archs.registry import build_config
-from vsae.archs.sae import SAE, StepContext
-from vsae.archs.steps import make_generator
 
 
 def step_time(arch: str, d_sae: int, batch: int, device: str, dense: bool) -> float:
     limit = sparse.DENSITY_LIMIT
     sparse.DENSITY_LIMIT = -1.0 if dense else limit
     try:
-        model = SAE(build_config(arch, 576, d_sae, {"k": 32} if "topk" in arch else {})).to(device)
-        x = torch.randn(batch, 576, device=device)
-        ctx = StepContext(
-            step=5,
-            total_steps=100,
-            dead=torch.zeros(d_sae, dtype=torch.bool, device=device),
-            generator=make_generator(0, 1, device=device),
-        )
-
-        def run():
-            model.zero_grad(set_to_none=True)
-            model.loss_terms(x, ctx)["loss"].backward()
-
-        return best_of(run)
+        return loss_step_time(arch, 576, d_sae, batch, device, {"k": 32})
     finally:
         sparse.DENSITY_LIMIT = limit
 

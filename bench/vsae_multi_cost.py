@@ -8,23 +8,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import best_of, machine
-
-from vsae.archs.registry import build_config
-from vsae.archs.sae import SAE, StepContext
-from vsae.archs.steps import make_generator
-
-
-def step_time(arch: str, d_sae: int, batch: int, device: str) -> float:
-    model = SAE(build_config(arch, 576, d_sae, {})).to(device)
-    x = torch.randn(batch, 576, device=device)
-    ctx = StepContext(step=5, total_steps=100, generator=make_generator(0, 1, device=device))
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        model.loss_terms(x, ctx)["loss"].backward()
-
-    return best_of(run)
+from common import loss_step_time, machine
 
 
 def main() -> None:
@@ -35,8 +19,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine: {machine()}; batch {args.batch}, d=576")
     for f in map(int, args.sizes.split(",")):
-        iso = step_time("vsae_iso", f, args.batch, args.device)
-        multi = step_time("vsae_multi", f, args.batch, args.device)
+        iso = loss_step_time("vsae_iso", 576, f, args.batch, args.device)
+        multi = loss_step_time("vsae_multi", 576, f, args.batch, args.device)
         peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
         print(
             f"F={f:6d}: vsae_iso {iso:.3f}s  vsae_multi {multi:.3f}s  ratio {multi / iso:.2f}  (peak GPU {peak:.1f} GiB)"

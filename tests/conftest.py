@@ -91,3 +91,23 @@ def store_info(store) -> dict:
     rows = json.loads(run_cli("info", store, "--json").output)
     assert len(rows) == 1
     return rows[0]
+
+
+def synthetic_store(path: Path, d: int = 16, atoms: int = 48, tokens: int = 20000) -> Path:
+    """A small ground-truth store written through `vsae synthetic`."""
+    run_cli(
+        "synthetic",
+        "--store",
+        path,
+        "--d",
+        d,
+        "--atoms",
+        atoms,
+        "--active",
+        "3",
+        "--tokens",
+        tokens,
+        "--chunk-tokens",
+        "1024",
+    )
+    return path

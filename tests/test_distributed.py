@@ -9,28 +9,12 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import run_cli
+from conftest import synthetic_store
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dist") / "store"
-    run_cli(
-        "synthetic",
-        "--store",
-        path,
-        "--d",
-        "16",
-        "--atoms",
-        "48",
-        "--active",
-        "3",
-        "--tokens",
-        "20000",
-        "--chunk-tokens",
-        "1024",
-    )
-    return path
+    return synthetic_store(tmp_path_factory.mktemp("dist") / "store")
 
 
 def _torchrun(store, out, dump, *args):

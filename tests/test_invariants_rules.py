@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from vsae.archs.fold import rescale_latents
 from vsae.archs.registry import build_config
 from vsae.archs.sae import SAE, StepContext, _PAnneal
 from vsae.archs.steps import make_generator
@@ -28,24 +29,6 @@ def ctx(step=0, total=10, seed=0, **kw):
 
 def x_batch(n=64, seed=1):
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def rescale(model: SAE, scale: torch.Tensor) -> SAE:
-    """Latent j × scale_j: the per-tensor fold rules with n = scale (spec §2.4 symmetry)."""
-    import copy
-
-    out = copy.deepcopy(model)
-    ops = {
-        "same": lambda t: t,
-        "col_mul": lambda t: t * scale,
-        "mul": lambda t: t * scale,
-        "row_div": lambda t: t / scale[:, None],
-        "log": lambda t: t + 2 * torch.log(scale),
-    }
-    for name, (_, rule) in model.tensor_rules().items():
-        getattr(out, name).copy_(ops[rule](getattr(model, name)))
-    return out
 
 
 FREE = [
@@ -70,7 +53,7 @@ def test_invariant_free_policy_penalties_invariant_under_rescaling(name, ov):
         with torch.no_grad():
             m.prior_mean.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(3))
     scale = torch.linspace(0.5, 3.0, F)
-    r = rescale(m, scale)
+    r = rescale_latents(m, scale)
     x = x_batch()
     a, b = m.loss_terms(x, ctx(seed=4)), r.loss_terms(x, ctx(seed=4))
     for key in ("rec", "l1", "lp", "l0", "aux_gate", "kl"):

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, synthetic_store
 
 from vsae.archs.checkpoint import load_sae
 from vsae.errors import NonFiniteLoss
@@ -19,25 +19,7 @@ from vsae.train.loop import SAESpec, norm_factor, train
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synth") / "store"
-    run_cli(
-        "synthetic",
-        "--store",
-        path,
-        "--d",
-        "16",
-        "--atoms",
-        "48",
-        "--active",
-        "3",
-        "--tokens",
-        "20000",
-        "--chunk-tokens",
-        "1024",
-        "--noise",
-        "0.02",
-    )
-    return path
+    return synthetic_store(tmp_path_factory.mktemp("synth") / "store")
 
 
 def _train(store, out, arch="topk", steps=10, **kw):

@@ -34,13 +34,20 @@ def fold_to_unit(model: SAE) -> SAE:
         raise VsaeError(
             "cannot fold a top-k selection model with non-uniform decoder norms: ranking would change"
         )
+    return rescale_latents(model, norms)
+
+
+@torch.no_grad()
+def rescale_latents(model: SAE, scale: torch.Tensor) -> SAE:
+    """A copy with latent j rescaled by scale_j through each tensor's fold rule (§4.2): codes × scale,
+    decoder rows ÷ scale, log-variances + 2 ln scale. Folding is this with scale = decoder norms."""
     out = copy.deepcopy(model)
     ops = {
         "same": lambda t: t,
-        "col_mul": lambda t: t * norms,
-        "mul": lambda t: t * norms,
-        "row_div": lambda t: t / norms[:, None],
-        "log": lambda t: t + 2 * torch.log(norms),
+        "col_mul": lambda t: t * scale,
+        "mul": lambda t: t * scale,
+        "row_div": lambda t: t / scale[:, None],
+        "log": lambda t: t + 2 * torch.log(scale),
     }
     for name, (_, fold_rule) in model.tensor_rules().items():
         getattr(out, name).copy_(ops[fold_rule](getattr(model, name)))
