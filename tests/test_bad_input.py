@@ -65,3 +65,64 @@ def test_k_not_below_dict_size(store, tmp_path):
     )
     assert "k=16" in text
     assert not (tmp_path / "o").exists()
+
+
+def test_negative_coefficient_is_refused(store, tmp_path):
+    text = _one_line_error(
+        run_vsae(
+            "train",
+            "--store",
+            store,
+            "--arch",
+            "standard",
+            "--set",
+            "l1_coeff=-1",
+            "--out",
+            tmp_path / "o",
+            expect=2,
+        )
+    )
+    assert "l1_coeff must be non-negative" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_var_flag_on_a_non_variational_architecture(store, tmp_path):
+    text = _one_line_error(
+        run_vsae(
+            "train", "--store", store, "--arch", "topk", "--var-flag", "1", "--out", tmp_path / "o", expect=2
+        )
+    )
+    assert "vsae_*" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_hyper_parameter_lists_the_valid_ones(store, tmp_path):
+    text = _one_line_error(
+        run_vsae("train", "--store", store, "--set", "sparsity=3", "--out", tmp_path / "o", expect=2)
+    )
+    assert "unknown hyper-parameter 'sparsity'" in text and "kl_scope" in text
+
+
+def test_checkpoint_whose_d_in_differs_from_the_store(store, tmp_path):
+    import json
+
+    import torch
+
+    from vsae.archs.checkpoint import write_checkpoint
+    from vsae.archs.registry import build_config
+    from vsae.archs.sae import SAE
+
+    meta = {
+        "provenance": {
+            "store": str(store),
+            "store_table": "tiny-neox/resid_post.1",
+            "site": "resid_post",
+            "layer": 1,
+        }
+    }
+    write_checkpoint(tmp_path / "ck", SAE(build_config("topk", 32, 128, {"k": 4})), 1.0, meta)
+    text = _one_line_error(run_vsae("eval", tmp_path / "ck", expect=2))
+    assert "d_in=32" in text and "d=64" in text
+    assert not (tmp_path / "ck" / "eval.json").exists()
+    assert json.loads((tmp_path / "ck" / "cfg.json").read_text())["d_in"] == 32
+    del torch

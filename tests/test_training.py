@@ -173,3 +173,31 @@ def test_recovery_metric_reported_for_synthetic_tables(synth, tmp_path):
     result = json.loads((run / "eval.json").read_text())
     assert 0.3 < result["true_atom_recovery"] <= 1.0
     assert "ce_loss_recovered" not in result
+
+
+@pytest.mark.parametrize("total", [1, 2, 3])
+def test_invariant_every_architecture_trains_tiny_runs(synth, tmp_path, total):
+    from vsae.archs.registry import ARCHS
+
+    specs = []
+    for name in ARCHS:
+        k = {"k": 4} if name in ("topk", "batchtopk", "matryoshka", "vsae_topk", "vsae_batchtopk") else {}
+        specs.append(SAESpec(name, d_sae=64, overrides=k))
+        if name.startswith("vsae"):
+            specs.append(SAESpec(name, d_sae=64, overrides=k | {"var_flag": 0}))
+    runs = train(
+        str(synth),
+        specs,
+        TrainConfig(batch_size=128, steps=total, log_every=1),
+        tmp_path,
+        show_progress=False,
+    )
+    for run in runs:
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert len(records) == total
+        for r in records:
+            assert 0 < r["lr"] and 0 < r["s"] <= 1 and 0 < r["w_kl"] <= 1
+            assert all(math.isfinite(v) for v in r.values() if isinstance(v, float) and not math.isnan(v))
+        if "panneal" in run.name:
+            cfg = json.loads((run / "cfg.json").read_text())
+            assert cfg["state"]["p"] == pytest.approx(0.2)  # reaches p_end even for T = 1

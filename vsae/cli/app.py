@@ -135,7 +135,16 @@ def _coerce(raw: str, typ: str, key: str):
         raise VsaeError(f"--set {key}={raw!r}: expected {typ}") from exc
 
 
-@app.command()
+SET_KEYS = [
+    k for k in M if k not in ("architecture", "d_in", "d_sae", "n_dec", "kl_coeff_source", "variational")
+]
+TRAIN_EPILOG = (
+    "Hyper-parameters for --set KEY=VALUE (cfg.json 'model' keys; defaults per architecture, spec §5-§6):\n\n"
+    + "\n\n".join(f"{k}: {M[k]}" for k in SET_KEYS)
+)
+
+
+@app.command(epilog=TRAIN_EPILOG)
 def train(
     store: Annotated[str, typer.Option(help="Store to train on (see `vsae info`).")] = "./acts",
     arch: Annotated[
