@@ -17,6 +17,14 @@ def synth(tmp_path_factory):
     return synthetic_store(tmp_path_factory.mktemp("dist") / "store")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _torchrun(store, out, dump, *args):
     env = {**os.environ, "VSAE_RANK_STATE_DIR": str(dump), "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -26,7 +34,7 @@ def _torchrun(store, out, dump, *args):
         "--nproc-per-node",
         "2",
         "--master-port",
-        "29533",
+        str(_free_port()),
         "-m",
         "vsae.cli",
         "train",

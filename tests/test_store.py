@@ -163,7 +163,7 @@ def test_bad_harvest_input_leaves_nothing(tiny_model, tmp_path, case):
         args += ["--site", "resid_mid"]
         expect = "unknown site"
     else:
-        args += ["--dtype", "int8"]
+        args += ["--dtype", "int4"]
         expect = "dtype"
     proc = run_vsae(*args, expect=2)
     text = proc.stderr.strip()
@@ -331,3 +331,19 @@ def test_reader_resumes_exactly(reference):
     b.load_state_dict(state)
     for e in expected:
         assert torch.equal(next(b), e)
+
+
+def test_int8_mode_stores_per_token_scales_and_reads_back_close(tiny_model, reference, tmp_path):
+    store = tmp_path / "acts8"
+    run_cli("harvest", tiny_model, *ARGS, "--dtype", "int8", "--store", store)
+    a, b = open_table(str(store)), open_table(str(reference))
+    assert a.acts.dtype == np.int8 and a.group["scales"].shape == (a.n_tokens,)
+    x8, x16 = a.read(0, 2000), b.read(0, 2000)
+    rel = float((x8 - x16).norm() / x16.norm())
+    assert rel < 0.02, rel  # 8-bit rounding error, a few per mille per element
+    import fsspec
+
+    table_dir = store / "tiny-neox" / "resid_post.1"
+    fs = fsspec.filesystem("file")
+    stored = fs.du(str(table_dir / "activations"), total=True) + fs.du(str(table_dir / "scales"), total=True)
+    assert a.n_tokens * a.d * 4 / stored >= 3.5  # activation bytes vs fp32

@@ -50,7 +50,7 @@ class HarvestConfig:
     store: str = "./acts"
     """Store root: a local path or an fsspec URL."""
     dtype: str = "bfloat16"
-    """Stored dtype: bfloat16 (default), float16 (overflow checked) or float32."""
+    """Stored dtype: bfloat16 (default), float16 (overflow checked), float32, or int8 (lossy, per-token scale)."""
     chunk_tokens: int = 4096
     """Tokens per Zarr chunk (the unit the reader shuffles)."""
     shard_chunks: int = 16

@@ -22,7 +22,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from vsae.errors import VsaeError
 
 FORMAT_VERSION = 1
-STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
+STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32", "int8": "int8"}
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 FP16_MAX = 65504.0
 
@@ -42,10 +42,19 @@ def table_path(model_id: str, site: str, layer: int) -> str:
     return f"{model_slug(model_id)}/{site}.{layer}"
 
 
+def quantize_int8(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Lossy 8-bit mode: per-token scale = max|x|/127, words = round(x/scale) (stored with the scales)."""
+    scale = x.abs().amax(dim=1).clamp_min(1e-12) / 127
+    q = torch.round(x / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.numpy(), scale.float().numpy()
+
+
 def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     """fp32 activations → the stored words; fp16 overflow is an error, never a silent inf."""
     if dtype not in STORAGE_DTYPES:
         raise VsaeError(f"unknown store dtype {dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
+    if dtype == "int8":
+        raise ValueError("int8 words need their scales: use quantize_int8")
     if dtype == "float16":
         peak = float(x.abs().max()) if x.numel() else 0.0
         if peak > FP16_MAX:
@@ -58,9 +67,14 @@ def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     return y.contiguous().numpy()
 
 
-def from_storage(words: np.ndarray, dtype: str, as_float: bool = True) -> torch.Tensor:
-    """Stored words → torch tensor: fp32, or the stored precision with as_float=False."""
+def from_storage(
+    words: np.ndarray, dtype: str, as_float: bool = True, scales: np.ndarray | None = None
+) -> torch.Tensor:
+    """Stored words → torch tensor: fp32, or the stored precision with as_float=False (int8: bf16)."""
     t = torch.from_numpy(np.ascontiguousarray(words))
+    if dtype == "int8":
+        x = t.float() * torch.from_numpy(np.ascontiguousarray(scales))[:, None]
+        return x if as_float else x.to(torch.bfloat16)
     if dtype == "bfloat16":
         t = t.view(torch.bfloat16)
     return t.float() if as_float else t

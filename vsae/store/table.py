@@ -53,7 +53,8 @@ class Table:
             raise VsaeError(
                 f"table {self.path}: chunk {chunk} is corrupted ({exc}); re-harvest with --force"
             ) from exc
-        return from_storage(words, self.dtype)
+        scales = self.group["scales"][start:stop] if self.dtype == "int8" else None
+        return from_storage(words, self.dtype, as_float=False, scales=scales)
 
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """About n training tokens from randomly chosen chunks (resampling pools), fp32."""

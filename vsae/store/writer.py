@@ -22,6 +22,7 @@ from vsae.store.layout import (
     STORAGE_DTYPES,
     compressors,
     from_storage,
+    quantize_int8,
     to_storage,
     token_dtype,
 )
@@ -87,6 +88,17 @@ class TableWriter:
             fill_value=0,
             overwrite=True,
         )
+        if self.dtype == "int8":
+            group.create_array(
+                "scales",
+                shape=(0,),
+                chunks=(chunk_tokens,),
+                shards=(shard,),
+                dtype="float32",
+                compressors=compressors(),
+                fill_value=0.0,
+                overwrite=True,
+            )
         tok = token_dtype(vocab_size)
         group.create_array(
             "tokens",
@@ -172,8 +184,11 @@ class TableWriter:
 
     def add(self, acts: torch.Tensor, tokens: np.ndarray, doc_pos: np.ndarray) -> None:
         """Buffer stored tokens (fp32 activations, ids, [doc, window, pos]); commit full shards."""
-        words = to_storage(acts, self.dtype)
-        self._buf.append((words, tokens, doc_pos))
+        if self.dtype == "int8":
+            words, scales = quantize_int8(acts)
+        else:
+            words, scales = to_storage(acts, self.dtype), np.zeros(len(tokens), dtype=np.float32)
+        self._buf.append((words, scales, tokens, doc_pos))
         self._buffered += len(tokens)
         while self._buffered >= self.shard_tokens:
             self._commit(self.shard_tokens)
@@ -212,29 +227,32 @@ class TableWriter:
         return {"tokens": n, "heldout_tokens": n - n_train, **stats}
 
     def _commit(self, count: int) -> None:
-        words, toks, pos = (np.concatenate(parts) for parts in zip(*self._buf, strict=True))
-        rest = (words[count:], toks[count:], pos[count:])
-        words, toks, pos = words[:count], toks[:count], pos[:count]
+        words, scales, toks, pos = (np.concatenate(parts) for parts in zip(*self._buf, strict=True))
+        rest = (words[count:], scales[count:], toks[count:], pos[count:])
+        words, scales, toks, pos = words[:count], scales[:count], toks[:count], pos[:count]
         start = self.progress["tokens"]
         stop = start + count
         failpoint("commit-start")
         acts = self.group["activations"]
         acts.resize((stop, self.d))
         acts[start:stop] = words
+        if self.dtype == "int8":
+            self.group["scales"].resize((stop,))
+            self.group["scales"][start:stop] = scales
         failpoint("commit-mid")
         self.group["tokens"].resize((stop,))
         self.group["tokens"][start:stop] = toks
         self.group["doc_pos"].resize((stop, 3))
         self.group["doc_pos"][start:stop] = pos
-        self._commit_stats(start, words)
-        if len(rest[1]):
-            next_window = int(rest[2][0, 1])
+        self._commit_stats(start, from_storage(words, self.dtype, scales=scales))
+        if len(rest[2]):
+            next_window = int(rest[3][0, 1])
             offset = int(np.sum(pos[:, 1] == next_window))
         else:
             next_window, offset = int(pos[-1, 1]) + 1, 0
         self._commit_contexts(next_window)
-        self._buf = [rest] if len(rest[1]) else []
-        self._buffered = len(rest[1])
+        self._buf = [rest] if len(rest[2]) else []
+        self._buffered = len(rest[2])
         windows = self.group["contexts"].shape[0]
         self.progress = {
             "tokens": stop,
@@ -246,10 +264,10 @@ class TableWriter:
         self.group.attrs["progress"] = self.progress
         failpoint("commit-end")
 
-    def _commit_stats(self, start: int, words: np.ndarray) -> None:
+    def _commit_stats(self, start: int, values: torch.Tensor) -> None:
         """Per-chunk Σx and Σ‖x‖² of the values as stored (what training reads); commits are chunk-aligned."""
         chunk = self.group.attrs["chunk_tokens"]
-        x = from_storage(words, self.dtype).double()
+        x = values.double()
         parts = torch.split(x, chunk)
         first = start // chunk
         last = first + len(parts)
