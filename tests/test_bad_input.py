@@ -106,8 +106,6 @@ def test_unknown_hyper_parameter_lists_the_valid_ones(store, tmp_path):
 def test_checkpoint_whose_d_in_differs_from_the_store(store, tmp_path):
     import json
 
-    import torch
-
     from vsae.archs.checkpoint import write_checkpoint
     from vsae.archs.registry import build_config
     from vsae.archs.sae import SAE
@@ -125,4 +123,3 @@ def test_checkpoint_whose_d_in_differs_from_the_store(store, tmp_path):
     assert "d_in=32" in text and "d=64" in text
     assert not (tmp_path / "ck" / "eval.json").exists()
     assert json.loads((tmp_path / "ck" / "cfg.json").read_text())["d_in"] == 32
-    del torch

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from vsae.errors import VsaeError
 from vsae.store.table import Table
 
 
@@ -32,8 +33,9 @@ class ShuffledBatches:
         self.table = table
         self.chunks = [c for c in range(table.n_train_chunks) if c % world == rank]  # disjoint slice per rank
         if not self.chunks:
-            raise ValueError(
-                f"rank {rank} has no training chunk ({table.n_train_chunks} chunks for {world} ranks)"
+            raise VsaeError(
+                f"rank {rank} has no training chunk ({table.n_train_chunks} chunks for {world} ranks); "
+                "harvest more tokens or use fewer ranks"
             )
         self.batch_size = batch_size
         self.seed = seed

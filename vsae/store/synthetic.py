@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 import vsae
+from vsae.errors import VsaeError
 from vsae.store.layout import open_root
 from vsae.store.writer import TableWriter
 
@@ -44,6 +45,10 @@ CTX = 128
 
 def write_synthetic(cfg: SyntheticConfig) -> dict:
     """Generate and store the table; the true atoms go to the array `true_atoms` [atoms, d]."""
+    if min(cfg.d, cfg.atoms, cfg.tokens, cfg.chunk_tokens) < 1 or cfg.active <= 0 or cfg.noise < 0:
+        raise VsaeError(
+            "synthetic needs positive --d, --atoms, --tokens, --chunk-tokens and --active, and --noise >= 0"
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     atoms = torch.randn(cfg.atoms, cfg.d, generator=gen)
     atoms /= atoms.norm(dim=1, keepdim=True)
