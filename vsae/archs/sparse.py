@@ -19,6 +19,11 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: we build valid CSR ourselves
 
 
+def _density(mask: torch.Tensor) -> float:
+    """Fraction of non-zeros, without materialising a float copy of the mask."""
+    return int(torch.count_nonzero(mask)) / max(1, mask.numel())
+
+
 def _csr(mask: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(crow, cols, rows) of a boolean [N, F] mask, row-major as CSR needs."""
     rows, cols = mask.nonzero(as_tuple=True)
@@ -55,7 +60,7 @@ class _SparseDecode(torch.autograd.Function):
 
 def sparse_decode(f: torch.Tensor, mask: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
     """f W_dec for a code that is zero outside `mask` ([N, F] bool); gradient flows at mask positions."""
-    if f.dim() != 2 or float(mask.float().mean()) > DENSITY_LIMIT:
+    if f.dim() != 2 or _density(mask) > DENSITY_LIMIT:
         return f @ w_dec
     return _SparseDecode.apply(f, mask, w_dec)
 
@@ -71,14 +76,15 @@ class _EncodeLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         grad = grad.to(x.dtype)  # under bf16 autocast the incoming gradient may be bf16
         nz = grad != 0
-        if float(nz.float().mean()) > DENSITY_LIMIT:
+        if _density(nz) > DENSITY_LIMIT:
             return grad @ w.T, x.T @ grad, grad.sum(0)
         crow, cols, rows = _csr(nz, grad)
         vals = grad[rows, cols]
+        grad_b = torch.zeros(grad.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, cols, vals)
         grad_x = torch.sparse_csr_tensor(crow, cols, vals, grad.shape) @ w.T.contiguous()
         st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (grad.shape[1], grad.shape[0]))
         grad_w = torch.sparse.mm(st, x).T
-        return grad_x, grad_w, grad.sum(0)
+        return grad_x, grad_w, grad_b
 
 
 def encode_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
