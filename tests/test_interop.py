@@ -280,3 +280,48 @@ def test_invariant_import_linear_family_classes(tmp_path, dict_class, trainer, e
     else:
         f = torch.relu(pre)
     torch.testing.assert_close(model(x), f @ sd["decoder.weight"].T + b_dec, rtol=1e-4, atol=1e-4)
+
+
+def test_invariant_import_matryoshka_and_vsae_jumprelu(tmp_path):
+    from vsae.archs.import_dl import import_dictionary_learning
+
+    g = torch.Generator().manual_seed(5)
+    x = _x()
+    msd = {
+        "W_enc": torch.randn(D, F, generator=g),
+        "b_enc": torch.randn(F, generator=g) * 0.1,
+        "W_dec": torch.randn(F, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+        "k": torch.tensor(4),
+        "threshold": torch.tensor(0.5),
+        "group_sizes": torch.tensor([16, 16, 32]),
+    }
+    _write_reference(tmp_path / "mat", "MatryoshkaBatchTopKSAE", msd)
+    import_dictionary_learning(tmp_path / "mat", tmp_path / "mat_out")
+    model = load_sae(tmp_path / "mat_out")
+    assert model.cfg.group_fractions == [0.25, 0.25, 0.5]
+    post = torch.relu((x - msd["b_dec"]) @ msd["W_enc"] + msd["b_enc"])
+    torch.testing.assert_close(
+        model(x), (post * (post > 0.5)) @ msd["W_dec"] + msd["b_dec"], rtol=1e-4, atol=1e-4
+    )
+
+    jsd = {
+        "W_enc": torch.randn(D, F, generator=g),
+        "b_enc": torch.randn(F, generator=g),
+        "W_dec": torch.randn(F, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+        "threshold": torch.rand(F, generator=g) + 0.1,
+        "W_enc_var": torch.zeros(D, F),
+        "b_enc_var": torch.full((F,), -2.0),
+    }
+    _write_reference(tmp_path / "vj", "VSAEJumpReLU", jsd)
+    import_dictionary_learning(tmp_path / "vj", tmp_path / "vj_out", norm_factor=2.0)
+    model = load_sae(tmp_path / "vj_out")
+    assert model.cfg.architecture == "vsae_jumprelu" and model.cfg.is_variational
+    u = x @ jsd["W_enc"] + jsd["b_enc"]
+    torch.testing.assert_close(
+        model(x), (u * (u > jsd["threshold"])) @ jsd["W_dec"] + jsd["b_dec"], rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        load_sae(tmp_path / "vj_out", space="normalized").b_enc_logvar, jsd["b_enc_var"] / 2.0
+    )
