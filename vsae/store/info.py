@@ -51,33 +51,28 @@ def describe(store: str) -> list[dict]:
 
 
 def info_table(store: str, rows: list[dict]) -> RichTable:
+    """One row per field, one column per table (readable at 80 columns with a few tables)."""
     table = RichTable(title=f"store {store}")
-    for col in (
-        "table",
-        "model",
-        "hook",
-        "tokens",
-        "d",
-        "dtype",
-        "on disk",
-        "B/token",
-        "vs fp32",
-        "held out",
-        "status",
-    ):
-        table.add_column(col)
+    table.add_column("field")
     for r in rows:
-        table.add_row(
-            r["table"],
-            str(r["model"]),
-            str(r["hook_name"]),
-            f"{r['tokens']:,}",
-            str(r["d"]),
-            str(r["dtype"]),
-            f"{r['bytes_on_disk'] / 2**20:.1f} MiB",
-            f"{r['bytes_per_token'] or 0:.0f}",
-            f"{r['compression_vs_fp32'] or 0:.2f}×",
-            f"{r['heldout_tokens'] or 0:,}",
-            "complete" if r["complete"] else f"partial ({r['progress']['tokens']:,} tokens)",
-        )
+        table.add_column(r["table"], justify="right", overflow="fold")
+    fields = [
+        ("model", lambda r: str(r["model"])),
+        ("hook", lambda r: str(r["hook_name"])),
+        (
+            "status",
+            lambda r: "complete" if r["complete"] else f"partial ({r['progress']['tokens']:,} tokens)",
+        ),
+        ("tokens", lambda r: f"{r['tokens']:,}"),
+        ("held out", lambda r: f"{r['heldout_tokens'] or 0:,}"),
+        ("d", lambda r: str(r["d"])),
+        ("dtype", lambda r: str(r["dtype"])),
+        ("on disk", lambda r: f"{r['bytes_on_disk'] / 2**20:.1f} MiB"),
+        ("bytes/token", lambda r: f"{r['bytes_per_token'] or 0:.0f}"),
+        ("vs fp32", lambda r: f"{r['compression_vs_fp32'] or 0:.2f}×"),
+        ("dataset", lambda r: str((r["config"] or {}).get("dataset", (r["config"] or {}).get("kind")))),
+        ("ctx_len", lambda r: str((r["config"] or {}).get("ctx_len"))),
+    ]
+    for name, fmt in fields:
+        table.add_row(name, *(fmt(r) for r in rows))
     return table
