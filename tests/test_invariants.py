@@ -378,3 +378,12 @@ def test_sparse_decode_and_encoder_backward_match_dense():
         grads.append([*torch.autograd.grad(loss, [w_enc, b_enc, w_dec]), x_hat.detach()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_invariant_resampling_and_lp_declared_by_the_registry_not_by_name():
+    for name, ov in variants():
+        m = make(name, **ov)
+        assert m.supports_resampling == (name in ("standard", "panneal")), name
+        assert (m.p_state is not None) == (name == "panneal"), name
+    with pytest.raises(VsaeError, match="resampling"):
+        build_config("vsae_iso", D, F, {"resampling": True})

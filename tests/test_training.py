@@ -14,7 +14,7 @@ from vsae.archs.checkpoint import load_sae
 from vsae.errors import NonFiniteLoss
 from vsae.store.table import open_table
 from vsae.train.config import TrainConfig
-from vsae.train.loop import SAESpec, norm_factor, train
+from vsae.train.loop import SAESpec, train
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +33,10 @@ def _train(store, out, arch="topk", steps=10, **kw):
 def test_invariant_norm_factor_exact_and_recorded(synth, tmp_path):
     table = open_table(str(synth))
     x = table.read(0, table.n_train).double()
-    assert math.isclose(norm_factor(table), math.sqrt(float(x.square().sum(1).mean())), rel_tol=1e-9)
+    assert math.isclose(table.norm_factor(), math.sqrt(float(x.square().sum(1).mean())), rel_tol=1e-9)
     run = _train(synth, tmp_path, steps=2)
     cfg = json.loads((run / "cfg.json").read_text())
-    assert cfg["norm_factor"] == norm_factor(table)
+    assert cfg["norm_factor"] == table.norm_factor()
     assert cfg["norm_factor_definition"] == "sqrt(mean ||x||^2)"
 
 

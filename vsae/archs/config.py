@@ -39,6 +39,10 @@ class SAEConfig:
     """Initial norm of every decoder row (1.0 under unit, 0.1 under free)."""
     inference: str = "topk"
     """Inference rule of the top-k family: topk (exact selection) or threshold (learned θ, §3.5)."""
+    sparsity_penalty: str = "l1"
+    """Penalty of the relu sparsifier: l1 (λ Σ n_j|μ_j|) or lp_p (p-annealed Σ (n_j f_j)^p, panneal)."""
+    resampling: bool = False
+    """Dead latents may be resampled (§3.6; standard and panneal, never a vsae_*)."""
     l1_coeff: float = 0.0
     """λ of the L1 penalty (relu and gate sparsifiers; α₀ for panneal)."""
     aux_coeff: float = 1.0
@@ -159,6 +163,7 @@ def validate(cfg: SAEConfig) -> None:
         "l0_mode": ("target", "plain"),
         "prior": ("iso", "equicorr", "permean"),
         "kl_scope": ("all", "selected"),
+        "sparsity_penalty": ("l1", "lp_p"),
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -198,5 +203,9 @@ def validate(cfg: SAEConfig) -> None:
             raise VsaeError(f"every matryoshka group needs at least one latent at d_sae={cfg.d_sae}")
         if cfg.group_weights and len(cfg.group_weights) != len(cfg.group_fractions):
             raise VsaeError("group_weights must have one entry per group fraction")
+    if cfg.sparsity_penalty == "lp_p" and cfg.sparsifier != "relu":
+        raise VsaeError("sparsity_penalty=lp_p needs the relu sparsifier")
+    if cfg.resampling and cfg.variational:
+        raise VsaeError("resampling is not defined for the vsae_* architectures (spec §6)")
     if cfg.n_p_updates < 2 or cfg.p_end <= 0:
         raise VsaeError("panneal needs n_p_updates >= 2 and p_end > 0")

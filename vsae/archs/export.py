@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from vsae.archs.checkpoint import atomic_dir, load_sae, read_cfg
@@ -79,8 +78,3 @@ def export_saelens(checkpoint: str | Path, out: str | Path) -> Path:
         save_file({n: state[n].detach().contiguous() for n in names}, tmp / "sae_weights.safetensors")
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2))
     return Path(out)
-
-
-@torch.no_grad()
-def unit_rows_ok(model: SAE, tol: float = 1e-5) -> bool:
-    return bool(((model.W_dec.norm(dim=1) - 1).abs() < tol).all())

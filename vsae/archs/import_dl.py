@@ -224,10 +224,3 @@ def _fill(raw: SAE, tensors: dict, c: float, logvar_convention: str) -> SAE:
     model.logvar_min.fill_(-6.0)
     model.logvar_max.fill_(2.0)
     return model
-
-
-def norm_factor_from_store(store: str) -> float:
-    from vsae.store.table import open_table
-    from vsae.train.loop import norm_factor
-
-    return norm_factor(open_table(store))

@@ -41,7 +41,7 @@ _SPECS = [
     ArchSpec(
         "standard",
         "ReLU SAE with L1, unit decoder (Bricken et al. 2023)",
-        {"sparsifier": "relu", "l1_coeff": CALIBRATED_L1},
+        {"sparsifier": "relu", "l1_coeff": CALIBRATED_L1, "resampling": True},
     ),
     ArchSpec(
         "standard_april",
@@ -78,7 +78,7 @@ _SPECS = [
     ArchSpec(
         "panneal",
         "ReLU SAE with p-annealing of an Lp penalty (Karvonen et al. 2024)",
-        {"sparsifier": "relu", "l1_coeff": 0.015},
+        {"sparsifier": "relu", "l1_coeff": 0.015, "sparsity_penalty": "lp_p", "resampling": True},
     ),
     ArchSpec("vsae_iso", "VSAE, isotropic prior, sparse ReLU mean + L1", {}, base="standard", n_dec="F"),
     ArchSpec(
@@ -138,6 +138,7 @@ def model_defaults(name: str) -> dict:
         out |= spec.model
     if any(s.n_dec for s in _chain(name)):
         out["variational"] = True
+        out["resampling"] = False  # never inherited by vsae_X (§6)
         out.setdefault("var_flag", 1)
     return out
 

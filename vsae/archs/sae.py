@@ -73,12 +73,12 @@ class SAE(nn.Module):
         if cfg.prior == "permean":
             self.register_buffer("prior_mean", torch.zeros(f))
         self._fallback_warned = False
-        self.p_state = _PAnneal(cfg) if cfg.sparsifier == "relu" and cfg.architecture == "panneal" else None
+        self.p_state = _PAnneal(cfg) if cfg.sparsity_penalty == "lp_p" else None
 
     # ---------------------------------------------------------------- declarations (§3.1, §4.2)
     @property
     def supports_resampling(self) -> bool:
-        return self.cfg.architecture in ("standard", "panneal")
+        return self.cfg.resampling
 
     def latent_axes(self) -> dict[str, int]:
         axes = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "b_gate": 0, "r_mag": 0, "b_mag": 0, "threshold": 0}

@@ -323,10 +323,11 @@ def import_(
     ] = "bias_times_c",
 ) -> None:
     """Import a dictionary_learning checkpoint (the dict_classes of spec §8.6) as a vsae checkpoint."""
-    from vsae.archs.import_dl import import_dictionary_learning, norm_factor_from_store
+    from vsae.archs.import_dl import import_dictionary_learning
+    from vsae.store.table import open_table
 
     if store is not None and norm_factor is None:
-        norm_factor = norm_factor_from_store(store)
+        norm_factor = open_table(store).norm_factor()
     import_dictionary_learning(
         folder,
         out,

@@ -80,6 +80,10 @@ class Table:
         sq = float(np.asarray(self.group["chunk_sumsq"][: self.n_train_chunks]).sum())
         return {"mean": s / n, "mean_sq_norm": sq / n, "n": n}
 
+    def norm_factor(self) -> float:
+        """c = sqrt(E‖x‖²) over the training split, from the statistics recorded at harvest (spec §4.1)."""
+        return math.sqrt(self.train_stats()["mean_sq_norm"])
+
     def heldout_windows(self) -> np.ndarray:
         """Context windows whose stored tokens all lie in the held-out tail."""
         if self.n_train >= self.n_tokens or self.n_train == 0:

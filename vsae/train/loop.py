@@ -290,11 +290,6 @@ def _project_radial(w_dec: torch.nn.Parameter) -> None:
     w_dec.grad.sub_((w_dec.grad * unit).sum(dim=1, keepdim=True) * unit)
 
 
-def norm_factor(table: Table) -> float:
-    """c = sqrt(E‖x‖²) over the training split, from the statistics recorded at harvest (§4.1)."""
-    return math.sqrt(table.train_stats()["mean_sq_norm"])
-
-
 def train(
     store: str,
     specs: list[SAESpec],
@@ -317,7 +312,7 @@ def train(
         raise VsaeError(f"--batch-size must be positive (got {tcfg.batch_size})")
     world = setup_world(tcfg.device)
     total = _total_steps(tcfg, table, world.size)
-    c = norm_factor(table)
+    c = table.norm_factor()
     out = Path(out)
     runs = [SAERun(spec, table, tcfg, total, c, out, world) for spec in specs]
     names = [r.out.name for r in runs]
