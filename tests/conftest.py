@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +33,17 @@ def run_vsae(*args: str, expect: int = 0, cwd: Path | None = None) -> subprocess
         f"vsae {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     )
     return proc
+
+
+def torchrun_vsae(*args, env: dict | None = None, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node 2 -m vsae.cli ARGS` on a free port, one thread per rank."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    cmd += ["--master-port", str(port), "-m", "vsae.cli", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import synthetic_store
+from conftest import synthetic_store, torchrun_vsae
 
 
 @pytest.fixture(scope="module")
@@ -17,36 +13,9 @@ def synth(tmp_path_factory):
     return synthetic_store(tmp_path_factory.mktemp("dist") / "store")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(store, out, dump, *args):
-    env = {**os.environ, "VSAE_RANK_STATE_DIR": str(dump), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(_free_port()),
-        "-m",
-        "vsae.cli",
-        "train",
-        "--store",
-        str(store),
-        "--out",
-        str(out),
-        "--batch-size",
-        "128",
-        *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    common = ["--store", store, "--out", out, "--batch-size", "128"]
+    proc = torchrun_vsae("train", *common, *args, env={"VSAE_RANK_STATE_DIR": str(dump)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -91,6 +92,8 @@ def harvest(
         device=device,
     )
     result = run(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 reports for everyone
     for line in result.get("skipped", []):
         console.print(f"[yellow]skipped:[/] {line}")
     for path, summary in result.get("tables", {}).items():

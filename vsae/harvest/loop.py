@@ -1,5 +1,9 @@
 """The harvest: text → packed windows → one nnsight forward per batch (stopped after the deepest site)
-→ one table per site, written a shard at a time and resumable from the last commit."""
+→ one table per site, written a shard at a time and resumable from the last commit.
+
+Batches are fixed runs of `batch_size` windows from the start of the text, so a window is always
+computed in the same company whether the harvest is resumed, or split over torchrun ranks (rank r
+computes shards s ≡ r mod world size; a batch that straddles two ranks' shards is computed by both)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 import torch
 
 import vsae
+from vsae.distributed import setup as setup_world
 from vsae.errors import VsaeError
 from vsae.harvest.models import LoadedModel, load_model
 from vsae.harvest.sites import Site, envoy_at, resolve_site
@@ -20,7 +25,7 @@ from vsae.harvest.text import TextSource, Window, documents, pack
 from vsae.progress import Progress
 from vsae.store.layout import STORAGE_DTYPES, open_root, table_path
 from vsae.store.lock import TableLock
-from vsae.store.writer import AlreadyHarvested, TableWriter
+from vsae.store.writer import AlreadyHarvested, TableWriter, committed_tokens, prepare_table
 
 
 @dataclass
@@ -71,15 +76,16 @@ class HarvestConfig:
 
 def harvest(cfg: HarvestConfig, show_progress: bool = True, loaded: LoadedModel | None = None) -> dict:
     """Harvest every (layer, site) of `cfg` into its table; returns a summary per table.
-    `loaded` reuses an already loaded model (benchmarks, notebooks)."""
+    Under torchrun each rank computes its own shards of the same tables. `loaded` reuses a loaded model."""
     if cfg.tokens < 1:
         raise VsaeError(f"--tokens must be positive (got {cfg.tokens})")
     if not 0 <= cfg.heldout_fraction < 1:
         raise VsaeError(f"--heldout-fraction must lie in [0, 1) (got {cfg.heldout_fraction})")
     if cfg.dtype not in STORAGE_DTYPES:
         raise VsaeError(f"unknown --dtype {cfg.dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
+    world = setup_world(cfg.device)
     loaded = loaded or load_model(cfg.model, revision=cfg.revision)
-    model = loaded.model.to(cfg.device)
+    model = loaded.model.to(world.device(cfg.device))
     sites = sorted(
         (resolve_site(model, s, layer) for layer in cfg.layers for s in cfg.sites), key=lambda s: s.order
     )
@@ -92,66 +98,92 @@ def harvest(cfg: HarvestConfig, show_progress: bool = True, loaded: LoadedModel 
         raise VsaeError(
             f"dataset {cfg.dataset} yields no complete {cfg.ctx_len}-token window; give more text or a smaller --ctx-len"
         )
-    root = open_root(cfg.store, "a")
-    paths = [table_path(loaded.model_id, s.site, s.layer) for s in sites]
     with contextlib.ExitStack() as locks:
-        for path in paths:
-            locks.enter_context(TableLock(cfg.store, path))
-        writers, skipped = _open_writers(root, cfg, loaded, sites)
-        if not writers:
+        paths, skipped = world.on_main(lambda: _lock_and_prepare(cfg, loaded, sites, locks))
+        if not paths:
             return {"skipped": skipped}
+        root = open_root(cfg.store, "a")
+        writers = [(s, TableWriter(root, p)) for s, p in zip(sites, paths, strict=True) if p is not None]
         try:
-            summary = _run(cfg, loaded, model, src, writers, show_progress)
+            n_tokens = _run(cfg, loaded, model, src, writers, world, show_progress)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                done = writers[0][1].progress["tokens"]
+                w = writers[0][1]
                 raise VsaeError(
-                    f"disk full while writing {writers[0][1].path} ({done:,} tokens committed); free space and re-run "
-                    "the same command to resume"
+                    f"disk full while writing {w.path} ({committed_tokens(w.group):,} tokens committed); free space "
+                    "and re-run the same command to resume"
                 ) from exc
             raise
+        world.barrier()  # every rank's shards are written
+        summary = world.on_main(
+            lambda: {w.path: w.finish(n_tokens, cfg.heldout_fraction) for _, w in writers}
+        )
     return {"tables": summary, "skipped": skipped}
 
 
-def _run(cfg: HarvestConfig, loaded, model, src: TextSource, writers, show_progress: bool) -> dict:
-    """Forward batches on this thread while a background thread compresses and writes the previous ones."""
+def _lock_and_prepare(cfg: HarvestConfig, loaded, sites: list[Site], locks: contextlib.ExitStack):
+    """Rank 0: take every table's lock, create or check its arrays; a table path per site (None: skipped)."""
+    root = open_root(cfg.store, "a")
+    paths = [table_path(loaded.model_id, s.site, s.layer) for s in sites]
+    for path in paths:
+        locks.enter_context(TableLock(cfg.store, path))
+    kept, skipped = [], []
+    for site, path in zip(sites, paths, strict=True):
+        try:
+            prepare_table(root, path, **_table_spec(cfg, loaded, site))
+        except AlreadyHarvested as done:
+            skipped.append(str(done))
+            path = None
+        kept.append(path)
+    return (kept if any(kept) else []), skipped
+
+
+def _run(cfg: HarvestConfig, loaded, model, src: TextSource, writers, world, show_progress: bool) -> int:
+    """Walk the packed windows in batches; forward a batch only if it holds rows of a shard this rank
+    still owes, while a background thread compresses and writes. Returns the tokens the text gave."""
     from nnsight.modeling.transformers import TransformersModel
 
     lm = TransformersModel(model, tokenizer=loaded.tokenizer, task="text-generation")
-    start_window, offset = writers[0][1].resume_cursor
-    done = writers[0][1].progress["tokens"]
+    device = world.device(cfg.device)
+    shard_tokens = writers[0][1].shard_tokens
+    owned = lambda s: s % world.size == world.rank  # noqa: E731
     windows = pack(documents(src), loaded.tokenizer, cfg.ctx_len, cfg.exclude_special)
-    windows = itertools.islice(windows, start_window, None)  # packing is cheap: skip without a forward
     background = _Background()
-    with Progress("harvest", total=cfg.tokens, unit="tok", enabled=show_progress) as bar:
-        bar.advance(done)
-        while done < cfg.tokens:
-            batch = list(itertools.islice(windows, cfg.batch_size))
+    n = 0  # stored tokens so far = table row of the next one
+    with Progress("harvest", total=cfg.tokens, unit="tok", enabled=show_progress and world.is_main) as bar:
+        while n < cfg.tokens:
+            batch = []  # (window, rows kept, table row of the first)
+            for win in itertools.islice(windows, cfg.batch_size):
+                rows = np.flatnonzero(win.keep)[: cfg.tokens - n]
+                batch.append((win, rows, n))
+                n += len(rows)
+                if n >= cfg.tokens:
+                    break
             if not batch:
                 break
-            acts = _forward(lm, [s for s, _ in writers], batch, cfg.device)
-            pieces = []
-            for i, win in enumerate(batch):
-                rows = np.flatnonzero(win.keep)
-                if win.index == start_window and offset:
-                    rows = rows[offset:]
-                rows = rows[: cfg.tokens - done]
-                pieces.append((i, win, rows))
-                done += len(rows)
-                if done >= cfg.tokens:
-                    break
-            background.submit(_write_batch, writers, acts, pieces)
-            bar.advance(sum(len(r) for _, _, r in pieces))
+            if world.is_main:
+                background.submit(_write_contexts, writers, [win.ids for win, _, _ in batch])
+            shards = range(batch[0][2] // shard_tokens, max(0, n - 1) // shard_tokens + 1)
+            if any(owned(s) and w.wants(s) for s in shards for _, w in writers):
+                acts = _forward(lm, [s for s, _ in writers], [win for win, _, _ in batch], device)
+                background.submit(_write_batch, writers, acts, batch, owned)
+            bar.advance(n - batch[0][2])
+        background.submit(lambda: [w.close(n) for _, w in writers])
         background.drain()
-    return {w.path: w.finish(cfg.heldout_fraction) for _, w in writers}
+    return n
 
 
-def _write_batch(writers, acts, pieces) -> None:
-    for i, win, rows in pieces:
+def _write_contexts(writers, contexts) -> None:
+    for _, writer in writers:
+        for ids in contexts:
+            writer.add_context(ids)
+
+
+def _write_batch(writers, acts, batch, owned) -> None:
+    for i, (win, rows, first) in enumerate(batch):
         meta = np.stack([win.docs[rows], np.full(len(rows), win.index), rows], axis=1).astype(np.int32)
         for (_, writer), a in zip(writers, acts, strict=True):
-            writer.add_window(win.index, win.ids)
-            writer.add(a[i, rows], win.ids[rows], meta)
+            writer.add_rows(first, a[i, rows], win.ids[rows], meta, owned)
 
 
 class _Background:
@@ -175,66 +207,52 @@ class _Background:
             self.pool.shutdown(wait=True)
 
 
-def _open_writers(root, cfg: HarvestConfig, loaded, sites: list[Site]):
-    writers, skipped = [], []
-    for site in sites:
-        path = table_path(loaded.model_id, site.site, site.layer)
-        config = {
-            "model_id": loaded.model_id,
-            "site": site.site,
-            "layer": site.layer,
-            "dataset": cfg.dataset,
-            "split": cfg.split,
-            "dataset_revision": cfg.dataset_revision,
-            "text_column": cfg.text_column,
-            "seed": cfg.seed,
-            "ctx_len": cfg.ctx_len,
-            "dtype": cfg.dtype,
-            "tokens": cfg.tokens,
-            "exclude_special": cfg.exclude_special,
-            "chunk_tokens": cfg.chunk_tokens,
-            "shard_chunks": cfg.shard_chunks,
-        }
-        tok = loaded.tokenizer
-        provenance = {
-            "model_id": loaded.model_id,
-            "model_revision": loaded.revision,
-            "model_source": loaded.source,
-            "model_type": loaded.model.config.model_type,
-            "site": site.site,
-            "layer": site.layer,
-            "module_path": site.module_path,
-            "port": site.port,
-            "hook_name": site.hook_name,
-            "tokenizer": getattr(tok, "name_or_path", ""),
-            "bos_policy": "bos_per_window" if tok.bos_token_id is not None else "none",
-            "special_ids": sorted(int(i) for i in tok.all_special_ids),
-            "vsae_version": vsae.__version__,
-            "harvest": asdict(cfg),
-        }
-        try:
-            writer = TableWriter(
-                root,
-                path,
-                d=int(loaded.model.config.hidden_size),
-                config=config,
-                provenance=provenance,
-                chunk_tokens=cfg.chunk_tokens,
-                shard_chunks=cfg.shard_chunks,
-                vocab_size=len(tok),
-                ctx_len=cfg.ctx_len,
-                force=cfg.force,
-            )
-        except AlreadyHarvested as done:
-            skipped.append(str(done))
-            continue
-        writers.append((site, writer))
-    cursors = {w.resume_cursor for _, w in writers}
-    if len(cursors) > 1:
-        raise VsaeError(
-            "the requested tables stopped at different points; harvest them one at a time to resume"
-        )
-    return writers, skipped
+def _table_spec(cfg: HarvestConfig, loaded, site: Site) -> dict:
+    """Everything that defines a table: the config a resume must match, provenance and array geometry."""
+    config = {
+        "model_id": loaded.model_id,
+        "site": site.site,
+        "layer": site.layer,
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "dataset_revision": cfg.dataset_revision,
+        "text_column": cfg.text_column,
+        "seed": cfg.seed,
+        "ctx_len": cfg.ctx_len,
+        "dtype": cfg.dtype,
+        "tokens": cfg.tokens,
+        "exclude_special": cfg.exclude_special,
+        "chunk_tokens": cfg.chunk_tokens,
+        "shard_chunks": cfg.shard_chunks,
+    }
+    tok = loaded.tokenizer
+    provenance = {
+        "model_id": loaded.model_id,
+        "model_revision": loaded.revision,
+        "model_source": loaded.source,
+        "model_type": loaded.model.config.model_type,
+        "site": site.site,
+        "layer": site.layer,
+        "module_path": site.module_path,
+        "port": site.port,
+        "hook_name": site.hook_name,
+        "tokenizer": getattr(tok, "name_or_path", ""),
+        "bos_policy": "bos_per_window" if tok.bos_token_id is not None else "none",
+        "special_ids": sorted(int(i) for i in tok.all_special_ids),
+        "vsae_version": vsae.__version__,
+        "harvest": asdict(cfg),
+    }
+    return {
+        "d": int(loaded.model.config.hidden_size),
+        "config": config,
+        "provenance": provenance,
+        "max_tokens": cfg.tokens,
+        "chunk_tokens": cfg.chunk_tokens,
+        "shard_chunks": cfg.shard_chunks,
+        "vocab_size": len(tok),
+        "ctx_len": cfg.ctx_len,
+        "force": cfg.force,
+    }
 
 
 @torch.inference_mode()

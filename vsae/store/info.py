@@ -7,6 +7,7 @@ from rich.table import Table as RichTable
 
 from vsae.store.layout import open_root
 from vsae.store.table import list_tables
+from vsae.store.writer import committed_tokens
 
 
 def _bytes_on_disk(store: str, path: str) -> int:
@@ -21,8 +22,9 @@ def describe(store: str) -> list[dict]:
     for path in list_tables(root):
         group = root[path]
         attrs = dict(group.attrs)
-        acts = group["activations"]
-        n, d = acts.shape
+        complete = bool(attrs.get("complete"))
+        n = attrs["n_tokens"] if complete else committed_tokens(group)
+        d = group["activations"].shape[1]
         on_disk = _bytes_on_disk(store, path)
         fp32 = n * d * 4
         prov = attrs.get("provenance", {})
@@ -33,7 +35,7 @@ def describe(store: str) -> list[dict]:
                 "site": prov.get("site"),
                 "layer": prov.get("layer"),
                 "hook_name": prov.get("hook_name"),
-                "complete": bool(attrs.get("complete")),
+                "complete": complete,
                 "tokens": int(n),
                 "d": int(d),
                 "dtype": attrs.get("dtype"),
@@ -42,7 +44,7 @@ def describe(store: str) -> list[dict]:
                 "compression_vs_fp32": fp32 / on_disk if on_disk else None,
                 "heldout_fraction": attrs.get("heldout_fraction"),
                 "heldout_tokens": attrs.get("heldout_tokens"),
-                "progress": attrs.get("progress"),
+                "progress": None if complete else {"tokens": n, "of": attrs["config"]["tokens"]},
                 "config": attrs.get("config"),
                 "provenance": prov,
             }
@@ -61,7 +63,11 @@ def info_table(store: str, rows: list[dict]) -> RichTable:
         ("hook", lambda r: str(r["hook_name"])),
         (
             "status",
-            lambda r: "complete" if r["complete"] else f"partial ({r['progress']['tokens']:,} tokens)",
+            lambda r: (
+                "complete"
+                if r["complete"]
+                else f"partial ({r['tokens']:,} of {r['progress']['of']:,} tokens)"
+            ),
         ),
         ("tokens", lambda r: f"{r['tokens']:,}"),
         ("held out", lambda r: f"{r['heldout_tokens'] or 0:,}"),

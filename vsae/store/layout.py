@@ -7,6 +7,7 @@
     contexts     (n_windows, ctx_len)  every window's full token ids, specials included (CE eval, dashboards)
     chunk_sum    (n_chunks, d)  float64 per-chunk Σx of the stored values (norm factor, mean)
     chunk_sumsq  (n_chunks,)    float64 per-chunk Σ‖x‖²
+    committed    (n_shards,)    int64 rows written per shard (0: not yet), one object per shard
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from vsae.errors import VsaeError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arrays laid out at full size, per-shard commit marks
 STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32", "int8": "int8"}
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 FP16_MAX = 65504.0

@@ -11,7 +11,7 @@ import torch
 import vsae
 from vsae.errors import VsaeError
 from vsae.store.layout import open_root
-from vsae.store.writer import TableWriter
+from vsae.store.writer import TableWriter, prepare_table
 
 
 @dataclass
@@ -67,27 +67,31 @@ def write_synthetic(cfg: SyntheticConfig) -> dict:
         "vsae_version": vsae.__version__,
         "harvest": {"model": "synthetic"},
     }
-    writer = TableWriter(
+    path = "synthetic/resid_post.0"
+    prepare_table(
         root,
-        "synthetic/resid_post.0",
+        path,
         d=cfg.d,
         config=config | {"dtype": cfg.dtype},
         provenance=provenance,
+        max_tokens=cfg.tokens,
         chunk_tokens=cfg.chunk_tokens,
         shard_chunks=4,
         vocab_size=cfg.atoms,
         ctx_len=CTX,
         force=cfg.force,
     )
+    writer = TableWriter(root, path)
     for window, start in enumerate(range(0, cfg.tokens, CTX)):
         n = min(CTX, cfg.tokens - start)
         x, top = _sample(atoms, n, cfg, gen)
         ids = np.zeros(CTX, dtype=np.int64)
         ids[:n] = top
-        writer.add_window(window, ids)
+        writer.add_context(ids)
         meta = np.stack([np.full(n, window), np.full(n, window), np.arange(n)], axis=1).astype(np.int32)
-        writer.add(x, top, meta)
-    summary = writer.finish(heldout_fraction=0.05)
+        writer.add_rows(start, x, top, meta)
+    writer.close(cfg.tokens)
+    summary = writer.finish(cfg.tokens, heldout_fraction=0.05)
     writer.group.create_array("true_atoms", data=atoms.numpy(), overwrite=True)
     return summary
 

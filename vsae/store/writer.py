@@ -1,8 +1,11 @@
-"""Writing one table: shard-sized commits with a resume cursor, so a killed harvest continues exactly.
+"""Writing one table as independent shards, so a killed harvest resumes exactly and ranks write in parallel.
 
-A commit writes one shard of every array and only then advances `progress` in the table's attributes;
-on resume the harvest restarts at the recorded (window, offset) cursor and overwrites anything a killed
-process left beyond the last commit.
+The table is laid out before anything is written: arrays are created at the requested token count and
+stored token t always lands at row t, so shard s holds rows [s·S, (s+1)·S) whatever process computes it.
+A shard is written whole (data, then its chunks' statistics) and only then marked in `committed`, an
+array with one single-element chunk per shard: writers of different shards never touch the same object.
+Resume skips marked shards and rewrites the rest; rank 0 alone writes `contexts` and, at the end,
+trims the arrays to the tokens the text actually gave and marks the table complete.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from vsae.store.layout import (
     token_dtype,
 )
 
+CONTEXT_BLOCK_CHUNKS = 16  # contexts are written in whole-chunk blocks, so a rewrite never reads a torn chunk
+
 
 class AlreadyHarvested(VsaeError):
     """The table is complete; nothing to do unless --force."""
@@ -34,256 +39,257 @@ class AlreadyHarvested(VsaeError):
     exit_code = 0
 
 
-class TableWriter:
-    """Appends activations, token ids and positions to one table, a shard at a time."""
-
-    def __init__(
-        self,
-        root: zarr.Group,
-        path: str,
-        *,
-        d: int,
-        config: dict,
-        provenance: dict,
-        chunk_tokens: int,
-        shard_chunks: int,
-        vocab_size: int,
-        ctx_len: int,
-        force: bool = False,
-    ):
-        self.path = path
-        self.d = d
-        self.dtype = config["dtype"]
-        self.config = config
-        self.shard_tokens = chunk_tokens * shard_chunks
-        exists = path in root and "activations" in root[path]
-        if exists and force:
-            del root[path]
-            exists = False
-        if exists:
-            self.group = root[path]
-            self._check_same_config(dict(self.group.attrs))
-            if self.group.attrs.get("complete"):
-                raise AlreadyHarvested(
-                    f"table {path} is already complete ({self.group['activations'].shape[0]:,} tokens); use --force to redo it"
-                )
-        else:
-            self.group = self._create(root, path, chunk_tokens, vocab_size, ctx_len, provenance)
-        self.progress = dict(self.group.attrs["progress"])
-        self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._buffered = 0
-        self._contexts: dict[int, np.ndarray] = {}
-
-    # ------------------------------------------------------------------ creation and resume
-    def _create(self, root, path, chunk_tokens, vocab_size, ctx_len, provenance) -> zarr.Group:
-        group = root.require_group(path)
-        shard = self.shard_tokens
-        group.create_array(
-            "activations",
-            shape=(0, self.d),
-            chunks=(chunk_tokens, self.d),
-            shards=(shard, self.d),
-            dtype=STORAGE_DTYPES[self.dtype],
-            compressors=compressors(),
-            fill_value=0,
-            overwrite=True,
+def prepare_table(
+    root: zarr.Group,
+    path: str,
+    *,
+    d: int,
+    config: dict,
+    provenance: dict,
+    max_tokens: int,
+    chunk_tokens: int,
+    shard_chunks: int,
+    vocab_size: int,
+    ctx_len: int,
+    force: bool = False,
+) -> None:
+    """Create the table's arrays (or check that a partial one was started with the same config).
+    Run by one process before any writer attaches."""
+    exists = path in root and "activations" in root[path]
+    if exists and force:
+        del root[path]
+        exists = False
+    if not exists:
+        _create(
+            root, path, d, config, provenance, max_tokens, chunk_tokens, shard_chunks, vocab_size, ctx_len
         )
-        if self.dtype == "int8":
-            group.create_array(
-                "scales",
-                shape=(0,),
-                chunks=(chunk_tokens,),
-                shards=(shard,),
-                dtype="float32",
-                compressors=compressors(),
-                fill_value=0.0,
-                overwrite=True,
+        return
+    attrs = dict(root[path].attrs)
+    old = attrs.get("config", {})
+    for key in sorted(set(old) | set(config)):
+        if old.get(key) != config.get(key):
+            raise VsaeError(
+                f"table {path} was harvested with {key}={old.get(key)!r}, not {config.get(key)!r}; "
+                "use the same settings to resume, or --force to redo it"
             )
-        tok = token_dtype(vocab_size)
+    if attrs.get("complete"):
+        raise AlreadyHarvested(
+            f"table {path} is already complete ({attrs['n_tokens']:,} tokens); use --force to redo it"
+        )
+    if "committed" not in root[path]:
+        raise VsaeError(
+            f"partial table {path} was started by an older vsae and cannot resume; redo it with --force"
+        )
+
+
+def _create(root, path, d, config, provenance, max_tokens, chunk_tokens, shard_chunks, vocab_size, ctx_len):
+    group = root.require_group(path)
+    shard = chunk_tokens * shard_chunks
+    n_chunks = math.ceil(max_tokens / chunk_tokens)
+    n_shards = math.ceil(max_tokens / shard)
+    dtype = config["dtype"]
+    tok = token_dtype(vocab_size)
+
+    def array(name, shape, chunks, dtype, shards=None):
         group.create_array(
-            "tokens",
-            shape=(0,),
-            chunks=(chunk_tokens,),
-            shards=(shard,),
-            dtype=tok,
+            name,
+            shape=shape,
+            chunks=chunks,
+            shards=shards,
+            dtype=dtype,
             compressors=compressors(),
             fill_value=0,
             overwrite=True,
         )
-        group.create_array(
-            "doc_pos",
-            shape=(0, 3),
-            chunks=(chunk_tokens, 3),
-            shards=(shard, 3),
-            dtype="int32",
-            compressors=compressors(),
-            fill_value=0,
-            overwrite=True,
-        )
-        win_chunk = max(1, chunk_tokens // ctx_len)
-        group.create_array(
-            "contexts",
-            shape=(0, ctx_len),
-            chunks=(win_chunk, ctx_len),
-            dtype=tok,
-            compressors=compressors(),
-            fill_value=0,
-            overwrite=True,
-        )
-        group.create_array(
-            "chunk_sum",
-            shape=(0, self.d),
-            chunks=(1024, self.d),
-            dtype="float64",
-            compressors=compressors(),
-            fill_value=0.0,
-            overwrite=True,
-        )
-        group.create_array(
-            "chunk_sumsq",
-            shape=(0,),
-            chunks=(1024,),
-            dtype="float64",
-            compressors=compressors(),
-            fill_value=0.0,
-            overwrite=True,
-        )
-        group.attrs.update(
-            {
-                "format": "vsae-store",
-                "format_version": FORMAT_VERSION,
-                "complete": False,
-                "dtype": self.dtype,
-                "chunk_tokens": chunk_tokens,
-                "shard_tokens": self.shard_tokens,
-                "config": self.config,
-                "provenance": provenance,
-                "progress": {"tokens": 0, "windows": 0, "next_window": 0, "window_offset": 0},
-            }
-        )
-        return group
 
-    def _check_same_config(self, attrs: dict) -> None:
-        old = attrs.get("config", {})
-        for key in sorted(set(old) | set(self.config)):
-            if old.get(key) != self.config.get(key):
-                raise VsaeError(
-                    f"table {self.path} was harvested with {key}={old.get(key)!r}, not {self.config.get(key)!r}; "
-                    "use the same settings to resume, or --force to redo it"
-                )
+    array("activations", (max_tokens, d), (chunk_tokens, d), STORAGE_DTYPES[dtype], (shard, d))
+    if dtype == "int8":
+        array("scales", (max_tokens,), (chunk_tokens,), "float32", (shard,))
+    array("tokens", (max_tokens,), (chunk_tokens,), tok, (shard,))
+    array("doc_pos", (max_tokens, 3), (chunk_tokens, 3), "int32", (shard, 3))
+    array("contexts", (0, ctx_len), (max(1, chunk_tokens // ctx_len), ctx_len), tok)
+    # statistics and commit marks: one object per shard, so parallel writers never share one
+    array("chunk_sum", (n_chunks, d), (shard_chunks, d), "float64")
+    array("chunk_sumsq", (n_chunks,), (shard_chunks,), "float64")
+    array("committed", (n_shards,), (1,), "int64")
+    group.attrs.update(
+        {
+            "format": "vsae-store",
+            "format_version": FORMAT_VERSION,
+            "complete": False,
+            "dtype": dtype,
+            "chunk_tokens": chunk_tokens,
+            "shard_tokens": shard,
+            "config": config,
+            "provenance": provenance,
+        }
+    )
 
-    @property
-    def resume_cursor(self) -> tuple[int, int]:
-        """(window index, stored tokens of that window already committed) to restart the harvest from."""
-        return self.progress["next_window"], self.progress["window_offset"]
 
-    # ------------------------------------------------------------------ appending
-    def add_window(self, window: int, context: np.ndarray) -> None:
-        """Record a window's full token ids (written with the commit that completes it)."""
-        self._contexts[window] = context
+def committed_tokens(group: zarr.Group) -> int:
+    """Tokens in shards marked as written (a partial table's progress)."""
+    return int(np.asarray(group["committed"][:]).sum()) if "committed" in group else 0
 
-    def add(self, acts: torch.Tensor, tokens: np.ndarray, doc_pos: np.ndarray) -> None:
-        """Buffer stored tokens (fp32 activations, ids, [doc, window, pos]); commit full shards."""
+
+class TableWriter:
+    """One process's writer of a prepared table: buffers rows per shard and commits whole shards."""
+
+    def __init__(self, root: zarr.Group, path: str):
+        self.path = path
+        self.group = root[path]
+        attrs = dict(self.group.attrs)
+        self.dtype = attrs["dtype"]
+        self.chunk_tokens = attrs["chunk_tokens"]
+        self.shard_tokens = attrs["shard_tokens"]
+        self.max_tokens, self.d = self.group["activations"].shape
+        self.done = np.asarray(self.group["committed"][:]) > 0
+        self._open: dict[int, list] = {}  # shard → buffered (words, scales, tokens, doc_pos) parts
+        self._contexts: list[np.ndarray] = []
+        self._contexts_at = 0  # first window of the buffered contexts
+
+    def shard_of(self, row: int) -> int:
+        return row // self.shard_tokens
+
+    def wants(self, shard: int) -> bool:
+        """Does this table still need shard `shard`?"""
+        return not self.done[shard]
+
+    # ------------------------------------------------------------------ activations
+    def add_rows(
+        self, first: int, acts: torch.Tensor, tokens: np.ndarray, doc_pos: np.ndarray, owned=None
+    ) -> None:
+        """Rows `first`, `first + 1`, … split at shard boundaries; kept for the shards this table still
+        needs and `owned(shard)` allows (default: all)."""
+        rows = first + np.arange(len(tokens))
+        for shard in np.unique(rows // self.shard_tokens).tolist():
+            if self.wants(shard) and (owned is None or owned(shard)):
+                part = rows // self.shard_tokens == shard
+                self.add(shard, acts[torch.from_numpy(part)], tokens[part], doc_pos[part])
+
+    def add(self, shard: int, acts: torch.Tensor, tokens: np.ndarray, doc_pos: np.ndarray) -> None:
+        """Buffer the next rows of `shard` (fp32 activations, ids, [doc, window, pos]); a full shard is written."""
         if self.dtype == "int8":
             words, scales = quantize_int8(acts)
         else:
             words, scales = to_storage(acts, self.dtype), np.zeros(len(tokens), dtype=np.float32)
-        self._buf.append((words, scales, tokens, doc_pos))
-        self._buffered += len(tokens)
-        while self._buffered >= self.shard_tokens:
-            self._commit(self.shard_tokens)
+        self._open.setdefault(shard, []).append((words, scales, tokens, doc_pos))
+        if sum(len(p[2]) for p in self._open[shard]) == self._shard_size(shard, self.max_tokens):
+            self._commit(shard)
 
-    def finish(self, heldout_fraction: float) -> dict:
-        """Commit what is buffered, choose the held-out tail, and mark the table complete."""
-        if self._buffered:
-            self._commit(self._buffered)
-        n = self.progress["tokens"]
-        if n == 0:
+    def close(self, n_tokens: int) -> None:
+        """The text ended at `n_tokens`: write this process's last, shorter shard if it holds it."""
+        for shard in sorted(self._open):
+            held = sum(len(p[2]) for p in self._open[shard])
+            if held != self._shard_size(shard, n_tokens):
+                raise RuntimeError(f"internal: shard {shard} of {self.path} holds {held} rows at the end")
+            self._commit(shard)
+
+    def _shard_size(self, shard: int, n_tokens: int) -> int:
+        return min(self.shard_tokens, n_tokens - shard * self.shard_tokens)
+
+    def _commit(self, shard: int) -> None:
+        words, scales, toks, pos = (
+            np.concatenate(parts) for parts in zip(*self._open.pop(shard), strict=True)
+        )
+        start = shard * self.shard_tokens
+        stop = start + len(toks)
+        # a short last shard is padded to the array's end, so every shard write is whole (never read back)
+        pad = min(self.max_tokens, start + self.shard_tokens) - stop
+        failpoint("commit-start")
+        self.group["activations"][start : stop + pad] = _padded(words, pad)
+        if self.dtype == "int8":
+            self.group["scales"][start : stop + pad] = _padded(scales, pad)
+        failpoint("commit-mid")
+        self.group["tokens"][start : stop + pad] = _padded(toks, pad)
+        self.group["doc_pos"][start : stop + pad] = _padded(pos, pad)
+        self._commit_stats(start, from_storage(words, self.dtype, scales=scales))
+        failpoint("commit-before-progress")
+        self.group["committed"][shard] = len(toks)
+        self.done[shard] = True
+        failpoint("commit-end")
+
+    def _commit_stats(self, start: int, values: torch.Tensor) -> None:
+        """Per-chunk Σx and Σ‖x‖² of the values as stored (what training reads), one stats chunk per shard."""
+        parts = torch.split(values.double(), self.chunk_tokens)
+        first = start // self.chunk_tokens
+        stats_chunk = self.shard_tokens // self.chunk_tokens
+        sums = np.zeros((stats_chunk, self.d))
+        sumsq = np.zeros(stats_chunk)
+        sums[: len(parts)] = torch.stack([p.sum(0) for p in parts]).numpy()
+        sumsq[: len(parts)] = [float(p.square().sum()) for p in parts]
+        last = min(first + stats_chunk, self.group["chunk_sumsq"].shape[0])
+        self.group["chunk_sum"][first:last] = sums[: last - first]
+        self.group["chunk_sumsq"][first:last] = sumsq[: last - first]
+
+    # ------------------------------------------------------------------ contexts (rank 0 only)
+    def add_context(self, ids: np.ndarray) -> None:
+        """The next window's full token ids; written in whole-chunk blocks (rewritten identically on resume)."""
+        self._contexts.append(ids)
+        ctx = self.group["contexts"]
+        if len(self._contexts) == ctx.chunks[0] * CONTEXT_BLOCK_CHUNKS:
+            self._write_contexts()
+
+    def _write_contexts(self) -> None:
+        if not self._contexts:
+            return
+        ctx = self.group["contexts"]
+        stop = self._contexts_at + len(self._contexts)
+        if ctx.shape[0] < stop:
+            ctx.resize((stop, ctx.shape[1]))
+        ctx[self._contexts_at : stop] = np.stack(self._contexts)
+        self._contexts_at, self._contexts = stop, []
+
+    # ------------------------------------------------------------------ finishing (rank 0 only)
+    def finish(self, n_tokens: int, heldout_fraction: float) -> dict:
+        """Check every shard is written, trim the arrays to `n_tokens`, store the statistics, mark complete."""
+        if n_tokens == 0:
             raise VsaeError(f"no tokens were harvested into {self.path}: the dataset produced no text")
-        chunk = self.group.attrs["chunk_tokens"]
-        n_chunks = math.ceil(n / chunk)
+        self._write_contexts()
+        ctx = self.group["contexts"]
+        ctx.resize((self._contexts_at, ctx.shape[1]))
+        n_shards = math.ceil(n_tokens / self.shard_tokens)
+        committed = np.asarray(self.group["committed"][:n_shards])
+        missing = [s for s in range(n_shards) if committed[s] != self._shard_size(s, n_tokens)]
+        if missing:
+            raise VsaeError(
+                f"table {self.path}: shards {missing[:5]} were not written; re-run the same command to finish it"
+            )
+        n_chunks = math.ceil(n_tokens / self.chunk_tokens)
+        for name in ("activations", "scales", "tokens", "doc_pos"):
+            if name in self.group:
+                arr = self.group[name]
+                arr.resize((n_tokens, *arr.shape[1:]))
+        self.group["chunk_sum"].resize((n_chunks, self.d))
+        self.group["chunk_sumsq"].resize((n_chunks,))
+        self.group["committed"].resize((n_shards,))
         heldout = min(n_chunks - 1, math.ceil(heldout_fraction * n_chunks)) if heldout_fraction > 0 else 0
         sums = np.asarray(self.group["chunk_sum"][: n_chunks - heldout])
         sumsq = np.asarray(self.group["chunk_sumsq"][: n_chunks - heldout])
-        n_train = min(n, (n_chunks - heldout) * chunk)
+        n_train = min(n_tokens, (n_chunks - heldout) * self.chunk_tokens)
         stats = {
             "mean_sq_norm": float(sumsq.sum()) / n_train,
             "mean_norm_sq_of_mean": float(np.square(sums.sum(0) / n_train).sum()),
         }
+        config = self.group.attrs["config"]
         fingerprint = hashlib.sha256(
-            json.dumps([self.config, n, float(sumsq.sum())], sort_keys=True).encode()
+            json.dumps([config, n_tokens, float(sumsq.sum())], sort_keys=True).encode()
         ).hexdigest()[:16]
         self.group.attrs.update(
             {
                 "complete": True,
-                "n_tokens": n,
+                "n_tokens": n_tokens,
+                "n_windows": self._contexts_at,
                 "n_train_chunks": n_chunks - heldout,
                 "heldout_fraction": heldout_fraction,
-                "heldout_tokens": n - n_train,
+                "heldout_tokens": n_tokens - n_train,
                 "stats": stats,
                 "fingerprint": fingerprint,
             }
         )
-        return {"tokens": n, "heldout_tokens": n - n_train, **stats}
+        return {"tokens": n_tokens, "heldout_tokens": n_tokens - n_train, **stats}
 
-    def _commit(self, count: int) -> None:
-        words, scales, toks, pos = (np.concatenate(parts) for parts in zip(*self._buf, strict=True))
-        rest = (words[count:], scales[count:], toks[count:], pos[count:])
-        words, scales, toks, pos = words[:count], scales[:count], toks[:count], pos[:count]
-        start = self.progress["tokens"]
-        stop = start + count
-        failpoint("commit-start")
-        acts = self.group["activations"]
-        acts.resize((stop, self.d))
-        acts[start:stop] = words
-        if self.dtype == "int8":
-            self.group["scales"].resize((stop,))
-            self.group["scales"][start:stop] = scales
-        failpoint("commit-mid")
-        self.group["tokens"].resize((stop,))
-        self.group["tokens"][start:stop] = toks
-        self.group["doc_pos"].resize((stop, 3))
-        self.group["doc_pos"][start:stop] = pos
-        self._commit_stats(start, from_storage(words, self.dtype, scales=scales))
-        if len(rest[2]):
-            next_window = int(rest[3][0, 1])
-            offset = int(np.sum(pos[:, 1] == next_window))
-        else:
-            next_window, offset = int(pos[-1, 1]) + 1, 0
-        self._commit_contexts(next_window)
-        self._buf = [rest] if len(rest[2]) else []
-        self._buffered = len(rest[2])
-        windows = self.group["contexts"].shape[0]
-        self.progress = {
-            "tokens": stop,
-            "windows": windows,
-            "next_window": next_window,
-            "window_offset": offset,
-        }
-        failpoint("commit-before-progress")
-        self.group.attrs["progress"] = self.progress
-        failpoint("commit-end")
 
-    def _commit_stats(self, start: int, values: torch.Tensor) -> None:
-        """Per-chunk Σx and Σ‖x‖² of the values as stored (what training reads); commits are chunk-aligned."""
-        chunk = self.group.attrs["chunk_tokens"]
-        x = values.double()
-        parts = torch.split(x, chunk)
-        first = start // chunk
-        last = first + len(parts)
-        self.group["chunk_sum"].resize((last, self.d))
-        self.group["chunk_sum"][first:last] = torch.stack([p.sum(0) for p in parts]).numpy()
-        self.group["chunk_sumsq"].resize((last,))
-        self.group["chunk_sumsq"][first:last] = np.asarray([float(p.square().sum()) for p in parts])
-
-    def _commit_contexts(self, next_window: int) -> None:
-        have = self.group["contexts"].shape[0]
-        if next_window <= have:
-            return
-        missing = [w for w in range(have, next_window) if w not in self._contexts]
-        if missing:
-            raise RuntimeError(f"internal: contexts of windows {missing[:3]} were not recorded")
-        rows = np.stack([self._contexts.pop(w) for w in range(have, next_window)])
-        ctx = self.group["contexts"]
-        ctx.resize((next_window, ctx.shape[1]))
-        ctx[have:next_window] = rows
+def _padded(x: np.ndarray, pad: int) -> np.ndarray:
+    if pad == 0:
+        return x
+    return np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])

@@ -21,14 +21,14 @@ from vsae.archs.checkpoint import read_cfg, write_checkpoint
 from vsae.archs.registry import build_config, check_arch, predicted_noise_power, train_defaults
 from vsae.archs.sae import SAE, StepContext
 from vsae.archs.steps import DATA_STREAM, EPS_STREAM, make_generator, n_steps
+from vsae.distributed import World
+from vsae.distributed import setup as setup_world
 from vsae.errors import NonFiniteLoss, VsaeError
 from vsae.metrics import fve
 from vsae.progress import Progress, console
 from vsae.store.reader import ShuffledBatches
 from vsae.store.table import Table, open_table
 from vsae.train.config import TrainConfig
-from vsae.train.distributed import World
-from vsae.train.distributed import setup as setup_world
 from vsae.train.resample import resample_dead
 from vsae.train.schedules import Schedule
 

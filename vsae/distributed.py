@@ -1,5 +1,5 @@
-"""torch.distributed for the one loop (spec §3.2 data-parallel rules): the same code runs at world size 1,
-where every collective below is the identity."""
+"""torch.distributed for the training loop (spec §3.2 data-parallel rules) and the harvest: the same code
+runs at world size 1, where every collective below is the identity."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from vsae.errors import VsaeError
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,26 @@ class World:
             return
         for t in tensors:
             dist.broadcast(t.data if isinstance(t, torch.nn.Parameter) else t, src=0)
+
+    def on_main(self, fn):
+        """Run `fn` on rank 0 only and hand its result to every rank; its error stops every rank."""
+        if not self.active:
+            return fn()
+        box: list = [None]
+        error = None
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as exc:  # every rank must hear of it, or the others wait forever
+                error = exc
+                box[0] = ("error", str(exc))
+        dist.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        kind, value = box[0]
+        if kind == "error":
+            raise VsaeError(f"rank 0: {value}")
+        return value
 
     def barrier(self) -> None:
         if self.active:
