@@ -387,3 +387,61 @@ def test_invariant_resampling_and_lp_declared_by_the_registry_not_by_name():
         assert (m.p_state is not None) == (name == "panneal"), name
     with pytest.raises(VsaeError, match="resampling"):
         build_config("vsae_iso", D, F, {"resampling": True})
+
+
+def _step(arch: str, dense: bool, dead: torch.Tensor, ties: bool):
+    """One loss_terms + backward at k/F = 7/1024 (the fused top-k path applies unless forced dense)."""
+    import vsae.archs.sparse as sp
+
+    m = SAE(build_config(arch, D, 1024, {"k": 7}), seed=0)
+    if ties:  # pairs of identical latents: with odd k a tie straddles the k-th place
+        with torch.no_grad():
+            m.W_enc[:, 1::2] = m.W_enc[:, 0::2]
+            m.b_enc[1::2] = m.b_enc[0::2]
+    x = torch.randn(48, D, generator=torch.Generator().manual_seed(3))
+    limit = sp.DENSITY_LIMIT
+    sp.DENSITY_LIMIT = -1.0 if dense else limit
+    try:
+        out = m.loss_terms(x, ctx(step=5, dead=dead))
+        out["loss"].backward()
+    finally:
+        sp.DENSITY_LIMIT = limit
+    return out, {n: p.grad for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("with_dead", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_invariant_fused_topk_step_equals_the_dense_step(arch, with_dead, ties):
+    from vsae.archs import fused_topk
+
+    dead = torch.arange(1024) % 3 == 0 if with_dead else torch.zeros(1024, dtype=torch.bool)
+    m = SAE(build_config(arch, D, 1024, {"k": 7}), seed=0)
+    assert fused_topk.applies(m, torch.zeros(2, D))
+    (dense, g_dense), (fused, g_fused) = _step(arch, True, dead, ties), _step(arch, False, dead, ties)
+    torch.testing.assert_close(fused["loss"], dense["loss"], rtol=1e-6, atol=1e-5)
+    for key in ("rec", "auxk"):
+        torch.testing.assert_close(fused["terms"][key], dense["terms"][key], rtol=1e-6, atol=1e-5)
+    assert (float(fused["terms"]["auxk"].detach()) > 0) == with_dead
+    for name, grad in g_dense.items():
+        torch.testing.assert_close(g_fused[name], grad, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused["fired"], dense["fired"])
+    torch.testing.assert_close(fused["stats"]["theta_stat"], dense["stats"]["theta_stat"])
+    assert float(fused["l0_train"]) == float(dense["l0_train"])
+
+
+def test_invariant_batch_topk_candidate_search_is_exact():
+    """Each row's top candidates suffice unless one row holds many of the batch's best scores: then the
+    full search runs. Either way the choice is the stable-sort reference (ties to the lower flat index)."""
+    g = torch.Generator().manual_seed(0)
+    for dominant in (False, True):
+        score = torch.randn(16, 256, generator=g).round(decimals=1)  # many ties
+        if dominant:
+            score[3] += 10.0  # row 3 holds far more than 4·k of the top 16·k
+        mask = batch_topk_mask(score, None, 5)
+        order = torch.sort(-score.reshape(-1), stable=True).indices[: 16 * 5]
+        ref = torch.zeros(16 * 256, dtype=torch.bool)
+        ref[order] = True
+        assert torch.equal(mask.reshape(-1), ref), dominant
+        if dominant:
+            assert int(mask[3].sum()) == 80  # more than its 4·5 = 20 candidates

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vsae.archs import priors
+from vsae.archs import fused_topk, priors
 from vsae.archs.config import SAEConfig, validate
 from vsae.archs.jumprelu import jumprelu, step
 from vsae.archs.select import batch_topk_mask, scores, topk_mask
@@ -194,6 +194,10 @@ class SAE(nn.Module):
             raise VsaeError("loss_terms needs a training-space model: load it with space='normalized'")
         cfg = self.cfg
         x = x.reshape(-1, cfg.d_in)
+        if fused_topk.applies(self, x):
+            return fused_topk.loss_terms(
+                self, x, ctx, dict.fromkeys(TERM_KEYS, torch.zeros((), device=x.device))
+            )
         xt = self._centre(x)
         mu, pi_gate = self._mean(xt)
         ell = ell_pre = None
@@ -224,7 +228,7 @@ class SAE(nn.Module):
             "fired": (f_det != 0).any(dim=0),
             "stats": self._threshold_stat(mu.detach(), mask_det) if cfg.topk_family else {},
         }
-        out["f_det"] = f_det.detach()
+        out["l0_train"] = (f_det != 0).sum(-1).float().mean()
         if cfg.is_variational:
             with torch.no_grad():
                 out["x_hat_det"] = self.decode(f_det)

@@ -2,36 +2,90 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
-def _select_with_ties(
-    score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool
-) -> torch.Tensor:
-    """Mask of the k highest eligible scores along the last axis, ties broken towards lower indices.
+def _select(
+    score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool, rows: int = 1
+) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+    """The k highest eligible scores along the last axis, ties broken towards lower indices: either
+    (idx, keep) from torch.topk when its choice already obeys the rule, or the explicit mask.
 
     eligible None: every entry (or, with positive=True, exactly those with score > 0). Fast path:
     torch.topk, then one comparison to check that no tie straddles the k-th place. Only if one does,
     the explicit rule runs: keep every eligible entry above the k-th score v, then fill the remaining
     places with the lowest-index entries equal to v (torch.topk leaves the order of ties unspecified).
+    `rows` > 1: `score` is a flattened [1, rows·F] matrix (batch top-k), searched through row candidates.
     """
-    k = min(k, score.shape[-1])
-    if k <= 0:
-        return torch.zeros_like(score, dtype=torch.bool)
     if eligible is not None:
         score = torch.where(eligible, score, torch.full_like(score, -torch.inf))
-    vals, idx = torch.topk(score, k, dim=-1)
+    vals, idx = torch.topk(score, k, dim=-1) if rows == 1 else _flat_topk(score, k, rows)
     v = vals[..., -1:]
     floor = 0.0 if positive else -torch.inf
-    mask = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, vals > floor)
     straddles = ((score >= v).sum(dim=-1, keepdim=True) > k) & (v > floor)
     if not bool(straddles.any()):
-        return mask
+        return idx, vals > floor
     ok = score > floor
     above = (score > v) & ok
     tied = (score == v) & ok
     room = k - above.sum(dim=-1, keepdim=True)
     return above | (tied & (tied.cumsum(dim=-1) <= room))
+
+
+def _flat_topk(flat: torch.Tensor, k: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk of a flattened [rows, F] matrix, from each row's top m candidates (m ≈ 4 k / rows):
+    exact unless some row's m-th candidate reaches the k-th value, in which case the full search runs."""
+    score = flat.reshape(rows, -1)
+    m = min(score.shape[1], 4 * math.ceil(k / rows))
+    cand, cand_idx = torch.topk(score, m, dim=-1)
+    vals, pick = torch.topk(cand.reshape(1, -1), k, dim=-1)
+    if m < score.shape[1] and bool((cand[:, -1] >= vals[0, -1]).any()):
+        return torch.topk(flat, k, dim=-1)  # a row may hold more of the top k than its candidates
+    row = pick // m
+    return vals, row * score.shape[1] + cand_idx.reshape(-1)[pick]
+
+
+def _select_with_ties(
+    score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool, rows: int = 1
+) -> torch.Tensor:
+    """Boolean mask of `_select`'s choice."""
+    k = min(k, score.shape[-1])
+    if k <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    picked = _select(score, eligible, k, positive, rows)
+    if isinstance(picked, torch.Tensor):
+        return picked
+    idx, keep = picked
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, keep)
+
+
+def select_csr(
+    score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool, per_batch: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same choice as topk_mask (or batch_topk_mask with per_batch) as CSR (crow, cols, rows) of the
+    [N, F] matrix, row-major, without building an N×F mask when torch.topk's choice stands."""
+    n, f = score.shape
+    flat = score.reshape(1, -1) if per_batch else score
+    k = min(k * n if per_batch else k, flat.shape[-1])
+    mask = None if eligible is None else eligible.reshape(flat.shape)
+    picked = _select(flat, mask, k, positive, n if per_batch else 1)
+    if isinstance(picked, torch.Tensor):
+        rows, cols = picked.reshape(n, f).nonzero(as_tuple=True)
+    else:
+        idx, keep = picked
+        if per_batch:
+            where = idx[keep].sort().values
+            rows, cols = where // f, where % f
+        else:
+            idx, order = idx.sort(dim=-1)
+            keep = keep.gather(-1, order)
+            rows = torch.arange(n, device=score.device)[:, None].expand_as(idx)[keep]
+            cols = idx[keep]
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=score.device)
+    crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+    return crow, cols, rows
 
 
 def topk_mask(
@@ -47,7 +101,7 @@ def batch_topk_mask(
     """Top k·N over the flattened [N, F] matrix (token-major flat index n·F + j decides ties)."""
     n = score.shape[0]
     flat_eligible = None if eligible is None else eligible.reshape(1, -1)
-    return _select_with_ties(score.reshape(1, -1), flat_eligible, k * n, positive).reshape(score.shape)
+    return _select_with_ties(score.reshape(1, -1), flat_eligible, k * n, positive, n).reshape(score.shape)
 
 
 def scores(z: torch.Tensor, mode: str) -> tuple[torch.Tensor, bool]:

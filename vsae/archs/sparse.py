@@ -1,9 +1,11 @@
 """Sparse fast paths for k-sparse codes (exact, not approximations):
 
-* `sparse_decode(f, mask, W_dec)`: x̂ = f W_dec as a CSR product over the active atoms only, with the
-  gradient for f at every active position (a sampled dense-dense product) and for W_dec (Sᵀ g).
+* `sparse_decode(f, mask, W_dec)` / `csr_decode`: x̂ = f W_dec as a CSR product over the active atoms
+  only, with the gradient for f at every active position (a sampled dense-dense product) and for W_dec.
 * `encode_linear(x, W, b)`: z = x W + b whose backward uses CSR products when the incoming gradient is
   sparse (top-k training without a dense KL: only selected and AuxK entries are non-zero).
+* `selected_linear`: the selected entries of an encoder output computed without autograd, with the
+  same sparse backward: the fused top-k step (archs/fused_topk.py) never touches an N×F gradient.
 
 Both fall back to dense matmuls when the code is not sparse enough for the sparse path to win.
 """
@@ -24,7 +26,7 @@ def _density(mask: torch.Tensor) -> float:
     return int(torch.count_nonzero(mask)) / max(1, mask.numel())
 
 
-def _csr(mask: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _csr(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(crow, cols, rows) of a boolean [N, F] mask, row-major as CSR needs."""
     rows, cols = mask.nonzero(as_tuple=True)
     crow = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
@@ -32,37 +34,51 @@ def _csr(mask: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.
     return crow, cols, rows
 
 
-class _SparseDecode(torch.autograd.Function):
+class _CSRDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, f, mask, w_dec):
-        crow, cols, rows = _csr(mask, f)
-        vals = f[rows, cols]
-        out = torch.sparse_csr_tensor(crow, cols, vals, f.shape) @ w_dec
+    def forward(ctx, vals, crow, cols, rows, w_dec):
+        shape = (crow.numel() - 1, w_dec.shape[0])
+        out = torch.sparse_csr_tensor(crow, cols, vals, shape) @ w_dec
         ctx.save_for_backward(crow, cols, rows, vals, w_dec)
-        ctx.shape = f.shape
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         crow, cols, rows, vals, w_dec = ctx.saved_tensors
         grad_out = grad_out.to(w_dec.dtype)
-        grad_f = grad_w = None
+        shape = (crow.numel() - 1, w_dec.shape[0])
+        grad_vals = grad_w = None
         if ctx.needs_input_grad[0]:
-            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), ctx.shape)
-            sampled = torch.sparse.sampled_addmm(pattern, grad_out.contiguous(), w_dec.T, beta=0.0)
-            grad_f = torch.zeros(ctx.shape, dtype=grad_out.dtype, device=grad_out.device)
-            grad_f[rows, cols] = sampled.values()
-        if ctx.needs_input_grad[2]:
-            st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (ctx.shape[1], ctx.shape[0]))
+            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), shape)
+            grad_vals = torch.sparse.sampled_addmm(pattern, grad_out.contiguous(), w_dec.T, beta=0.0).values()
+        if ctx.needs_input_grad[4]:
+            st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (shape[1], shape[0]))
             grad_w = torch.sparse.mm(st, grad_out)
-        return grad_f, None, grad_w
+        return grad_vals, None, None, None, grad_w
+
+
+def csr_decode(
+    vals: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor, w_dec: torch.Tensor
+) -> torch.Tensor:
+    """S W_dec for the CSR code S = (crow, cols, vals) [N, F]; gradients for vals and W_dec only."""
+    return _CSRDecode.apply(vals, crow, cols, rows, w_dec)
 
 
 def sparse_decode(f: torch.Tensor, mask: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
     """f W_dec for a code that is zero outside `mask` ([N, F] bool); gradient flows at mask positions."""
     if f.dim() != 2 or _density(mask) > DENSITY_LIMIT:
         return f @ w_dec
-    return _SparseDecode.apply(f, mask, w_dec)
+    crow, cols, rows = _csr(mask)
+    return csr_decode(f[rows, cols], crow, cols, rows, w_dec)
+
+
+def _linear_grads(x, w, crow, cols, rows, vals, shape):
+    """Gradients of u = x W + b for an incoming gradient that is the CSR matrix (crow, cols, vals)."""
+    grad_b = torch.zeros(shape[1], dtype=vals.dtype, device=vals.device).index_add_(0, cols, vals)
+    grad_x = torch.sparse_csr_tensor(crow, cols, vals, shape) @ w.T.contiguous()
+    st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (shape[1], shape[0]))
+    grad_w = torch.sparse.mm(st, x).T
+    return grad_x, grad_w, grad_b
 
 
 class _EncodeLinear(torch.autograd.Function):
@@ -78,13 +94,8 @@ class _EncodeLinear(torch.autograd.Function):
         nz = grad != 0
         if _density(nz) > DENSITY_LIMIT:
             return grad @ w.T, x.T @ grad, grad.sum(0)
-        crow, cols, rows = _csr(nz, grad)
-        vals = grad[rows, cols]
-        grad_b = torch.zeros(grad.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, cols, vals)
-        grad_x = torch.sparse_csr_tensor(crow, cols, vals, grad.shape) @ w.T.contiguous()
-        st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (grad.shape[1], grad.shape[0]))
-        grad_w = torch.sparse.mm(st, x).T
-        return grad_x, grad_w, grad_b
+        crow, cols, rows = _csr(nz)
+        return _linear_grads(x, w, crow, cols, rows, grad[rows, cols], grad.shape)
 
 
 def encode_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -92,3 +103,22 @@ def encode_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Te
     if x.dim() != 2 or not torch.is_grad_enabled():
         return x @ w + b
     return _EncodeLinear.apply(x, w, b)
+
+
+class _SelectedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, u, crow, cols, rows):
+        ctx.save_for_backward(x, w, crow, cols, rows)
+        return u[rows, cols]
+
+    @staticmethod
+    def backward(ctx, grad_vals):
+        x, w, crow, cols, rows = ctx.saved_tensors
+        grads = _linear_grads(x, w, crow, cols, rows, grad_vals.to(x.dtype), (x.shape[0], w.shape[1]))
+        return (*grads, None, None, None, None)
+
+
+def selected_linear(x, w, b, u, crow, cols, rows) -> torch.Tensor:
+    """The entries (rows, cols) of u = x W + b, where u was computed without autograd: the gradient
+    reaches x, W and b through these entries only (a fused top-k encode never builds N×F gradients)."""
+    return _SelectedLinear.apply(x, w, b, u, crow, cols, rows)

@@ -165,7 +165,7 @@ class SAERun:
             **{f"raw/{k}": float(v) for k, v in out["raw"].items()},
             "mse": float((x - x_det).square().sum(-1).mean()),
             "fve": fve(x, x_det),
-            "l0_train_rule": float((out["f_det"] != 0).sum(-1).float().mean()),
+            "l0_train_rule": float(out["l0_train"]),
             "frac_dead": float((self.tau >= self.t_dead).float().mean()),
             "lr": self.lr * self.schedule.lr(ctx.step),
             "s": ctx.sparsity_scale,
