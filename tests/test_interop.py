@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_vsae
 
 from vsae.archs.checkpoint import load_sae, write_checkpoint
 from vsae.archs.fold import fold_to_unit, sign_split
@@ -325,3 +325,31 @@ def test_invariant_import_matryoshka_and_vsae_jumprelu(tmp_path):
     torch.testing.assert_close(
         load_sae(tmp_path / "vj_out", space="normalized").b_enc_logvar, jsd["b_enc_var"] / 2.0
     )
+
+
+@pytest.mark.parametrize("bias_key", ["decoder_bias", "decoder.bias"])
+def test_invariant_import_vsae_gated_only_when_inexact_is_allowed(tmp_path, bias_key):
+    """VSAEGated: refused by default; with --allow-inexact the deterministic forward of the fork's
+    ReLU'd-magnitude form is reproduced (b_e folded into both paths) and exact = false is recorded."""
+    g = torch.Generator().manual_seed(2)
+    sd = {
+        "encoder.weight": torch.randn(F, D, generator=g),
+        "encoder.bias": torch.randn(F, generator=g) * 0.3,
+        "decoder.weight": torch.randn(D, F, generator=g),
+        bias_key: torch.randn(D, generator=g),
+        "gate_bias": torch.randn(F, generator=g) * 0.3,
+        "mag_bias": torch.randn(F, generator=g) * 0.3,
+        "r_mag": torch.randn(F, generator=g) * 0.2,
+    }
+    _write_reference(tmp_path / "ref", "VSAEGated", sd, {"var_flag": 0})
+    proc = run_vsae("import", tmp_path / "ref", tmp_path / "out", expect=2)
+    assert "--allow-inexact" in proc.stderr and not (tmp_path / "out").exists()
+    run_cli("import", tmp_path / "ref", tmp_path / "out", "--allow-inexact")
+    x = _x()
+    centred = x - sd[bias_key] if bias_key == "decoder_bias" else x
+    enc = centred @ sd["encoder.weight"].T + sd["encoder.bias"]
+    f = (enc + sd["gate_bias"] > 0) * torch.relu(torch.exp(sd["r_mag"]) * enc + sd["mag_bias"])
+    expected = f @ sd["decoder.weight"].T + sd[bias_key]
+    torch.testing.assert_close(load_sae(tmp_path / "out")(x), expected, rtol=1e-5, atol=1e-4)
+    cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert cfg["architecture"] == "vsae_gated" and cfg["provenance"]["imported_from"]["exact"] is False

@@ -13,10 +13,7 @@ from vsae.archs.registry import build_config
 from vsae.archs.sae import SAE
 from vsae.errors import VsaeError
 
-# VSAEGated: spec §8.6 allows an inexact conversion, but it needs the fork's key names, which could not be
-# checked against a reference checkpoint here; it is refused rather than guessed.
 REFUSED = {
-    "VSAEGated",
     "VSAEGatedAnneal",
     "MatryoshkaVSAEIso",
     "VSAEPriorsGaussian",
@@ -25,6 +22,10 @@ REFUSED = {
     "IdentityDict",
 }
 NEEDS_RELU_MU = {"VSAEIsoGaussian", "VSAETopK"}
+INEXACT = {
+    "VSAEGated": "its signed magnitudes, absolute log-variance clamps and NaN scrubbing have no exact vsae_gated "
+    "equivalent; pass --allow-inexact to convert it anyway (recorded as exact = false)"
+}
 
 
 def _t(sd: dict, key: str) -> torch.Tensor:
@@ -54,6 +55,7 @@ def import_dictionary_learning(
     norm_factor: float | None = None,
     relu_mu: bool | None = None,
     logvar_convention: str = "bias_times_c",
+    allow_inexact: bool = False,
 ) -> Path:
     """Convert `folder` (ae.pt + config.json) into a vsae checkpoint at `out`; returns `out`."""
     folder = Path(folder)
@@ -63,6 +65,8 @@ def import_dictionary_learning(
     trainer_class = trainer.get("trainer_class", "")
     if dict_class in REFUSED:
         raise VsaeError(f"{dict_class} has no exact vsae equivalent and is not imported")
+    if dict_class in INEXACT and not allow_inexact:
+        raise VsaeError(f"{dict_class}: {INEXACT[dict_class]}")
     sd = torch.load(folder / "ae.pt", map_location="cpu", weights_only=True)
     arch, tensors, overrides, notes = _map(dict_class, trainer_class, trainer, sd, relu_mu)
     variational = "W_enc_logvar" in tensors
@@ -115,6 +119,8 @@ def _map(dict_class, trainer_class, trainer, sd, relu_mu):
             "r_mag": _t(sd, "r_mag"),
         }
         return "gated", tensors, {}, notes
+    if dict_class == "VSAEGated":
+        return _map_vsae_gated(trainer, sd, notes)
     if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
         tensors, _ = _linear_family({k: v for k, v in sd.items() if k != "decoder.bias"})
         threshold = float(sd["threshold"]) if "threshold" in sd else -1.0
@@ -224,3 +230,34 @@ def _fill(raw: SAE, tensors: dict, c: float, logvar_convention: str) -> SAE:
     model.logvar_min.fill_(-6.0)
     model.logvar_max.fill_(2.0)
     return model
+
+
+def _map_vsae_gated(trainer, sd, notes):
+    """Spec §8.6: the shared encoder bias b_e folds into both paths, b_gate = gate_bias + b_e and
+    b_mag = mag_bias + exp(r)·b_e with r = clamp(r_mag, ±5); the decoder bias is `decoder_bias` or
+    `bias` (subtracted from the input) or `decoder.bias` (April mode, not subtracted)."""
+    r = _t(sd, "r_mag").clamp(-5.0, 5.0)
+    b_e = _t(sd, "encoder.bias")
+    tensors = {
+        "W_enc": _t(sd, "encoder.weight").T,
+        "W_dec": _t(sd, "decoder.weight").T,
+        "b_gate": _t(sd, "gate_bias") + b_e,
+        "b_mag": _t(sd, "mag_bias") + torch.exp(r) * b_e,
+        "r_mag": r,
+    }
+    if "decoder.bias" in sd:
+        tensors["b_dec"], apply = _t(sd, "decoder.bias"), False
+    else:
+        tensors["b_dec"], apply = (_t(sd, "decoder_bias") if "decoder_bias" in sd else _t(sd, "bias")), True
+    if "var_encoder.weight" in sd:
+        tensors["W_enc_logvar"] = _t(sd, "var_encoder.weight").T
+        tensors["b_enc_logvar"] = _t(sd, "var_encoder.bias")
+    unit = bool(torch.allclose(tensors["W_dec"].norm(dim=1), torch.ones(1), atol=1e-4))
+    notes.append(
+        "VSAEGated converted inexactly: vsae_gated uses ReLU'd magnitudes and its own log-variance bounds "
+        "where the reference had signed magnitudes, clamps and NaN scrubbing"
+    )
+    if not torch.equal(r, _t(sd, "r_mag")):
+        notes.append("r_mag clamped to [-5, 5]")
+    overrides = {"apply_b_dec_to_input": apply, "decoder_norm": "unit" if unit else "free"}
+    return "vsae_gated", tensors, overrides, notes

@@ -324,6 +324,10 @@ def import_(
     logvar_convention: Annotated[
         str, typer.Option(help="bias_times_c (reference) or weight_div_c (later fork fix).")
     ] = "bias_times_c",
+    allow_inexact: Annotated[
+        bool,
+        typer.Option(help="Convert classes with no exact equivalent (VSAEGated); recorded as exact=false."),
+    ] = False,
 ) -> None:
     """Import a dictionary_learning checkpoint (the dict_classes of spec §8.6) as a vsae checkpoint."""
     from vsae.archs.import_dl import import_dictionary_learning
@@ -337,6 +341,7 @@ def import_(
         norm_factor=norm_factor,
         relu_mu=relu_mu,
         logvar_convention=logvar_convention,
+        allow_inexact=allow_inexact,
     )
     console.print(f"wrote {out}")
 
