@@ -19,6 +19,7 @@ from vsae.harvest.loop import HarvestConfig
 from vsae.harvest.models import ALIASES, PACKAGED
 from vsae.progress import console
 from vsae.progress import results as results_console
+from vsae.store.layout import COMPRESSION_LEVEL
 from vsae.store.synthetic import SyntheticConfig
 from vsae.train.config import TrainConfig
 
@@ -59,6 +60,7 @@ def harvest(
     dtype: Annotated[str, typer.Option(help=H["dtype"])] = "bfloat16",
     chunk_tokens: Annotated[int, typer.Option(help=H["chunk_tokens"])] = 4096,
     shard_chunks: Annotated[int, typer.Option(help=H["shard_chunks"])] = 16,
+    compression_level: Annotated[int, typer.Option(help=H["compression_level"])] = COMPRESSION_LEVEL,
     heldout_fraction: Annotated[float, typer.Option(help=H["heldout_fraction"])] = 0.05,
     seed: Annotated[int, typer.Option(help=H["seed"])] = 0,
     keep_special: Annotated[bool, typer.Option(help="Store BOS/EOS/pad positions too.")] = False,
@@ -84,6 +86,7 @@ def harvest(
         dtype=dtype,
         chunk_tokens=chunk_tokens,
         shard_chunks=shard_chunks,
+        compression_level=compression_level,
         heldout_fraction=heldout_fraction,
         seed=seed,
         exclude_special=not keep_special,

@@ -28,9 +28,12 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 FP16_MAX = 65504.0
 
 
-def compressors() -> list:
+COMPRESSION_LEVEL = 1  # zstd 1: 10× the throughput of level 5 for 11 % more bytes (bench/RESULTS.md)
+
+
+def compressors(level: int = COMPRESSION_LEVEL) -> list:
     """Byte-shuffled Blosc zstd (best ratio on 16-bit activations, OFFLINE.md) plus a crc32c checksum."""
-    return [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec()]
+    return [BloscCodec(cname="zstd", clevel=level, shuffle="shuffle"), Crc32cCodec()]
 
 
 def model_slug(model_id: str) -> str:

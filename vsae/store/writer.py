@@ -21,6 +21,7 @@ import zarr
 from vsae.errors import VsaeError
 from vsae.store.faults import failpoint
 from vsae.store.layout import (
+    COMPRESSION_LEVEL,
     FORMAT_VERSION,
     STORAGE_DTYPES,
     compressors,
@@ -52,6 +53,7 @@ def prepare_table(
     vocab_size: int,
     ctx_len: int,
     force: bool = False,
+    compression_level: int = COMPRESSION_LEVEL,
 ) -> None:
     """Create the table's arrays (or check that a partial one was started with the same config).
     Run by one process before any writer attaches."""
@@ -60,9 +62,8 @@ def prepare_table(
         del root[path]
         exists = False
     if not exists:
-        _create(
-            root, path, d, config, provenance, max_tokens, chunk_tokens, shard_chunks, vocab_size, ctx_len
-        )
+        geometry = (max_tokens, chunk_tokens, shard_chunks, vocab_size, ctx_len, compression_level)
+        _create(root, path, d, config, provenance, *geometry)
         return
     attrs = dict(root[path].attrs)
     old = attrs.get("config", {})
@@ -82,7 +83,9 @@ def prepare_table(
         )
 
 
-def _create(root, path, d, config, provenance, max_tokens, chunk_tokens, shard_chunks, vocab_size, ctx_len):
+def _create(
+    root, path, d, config, provenance, max_tokens, chunk_tokens, shard_chunks, vocab_size, ctx_len, level
+):
     group = root.require_group(path)
     shard = chunk_tokens * shard_chunks
     n_chunks = math.ceil(max_tokens / chunk_tokens)
@@ -97,7 +100,7 @@ def _create(root, path, d, config, provenance, max_tokens, chunk_tokens, shard_c
             chunks=chunks,
             shards=shards,
             dtype=dtype,
-            compressors=compressors(),
+            compressors=compressors(level),
             fill_value=0,
             overwrite=True,
         )
@@ -143,7 +146,10 @@ class TableWriter:
         self.shard_tokens = attrs["shard_tokens"]
         self.max_tokens, self.d = self.group["activations"].shape
         self.done = np.asarray(self.group["committed"][:]) > 0
-        self._open: dict[int, list] = {}  # shard → buffered (words, scales, tokens, doc_pos) parts
+        self._open: dict[int, _ShardBuffer] = {}  # shards being filled
+        self._spare: list[_ShardBuffer] = []  # written buffers, reused (no fresh 100 MB per shard)
+        self._tok_dtype = self.group["tokens"].dtype
+        self._context_block = self.group["contexts"].chunks[0] * CONTEXT_BLOCK_CHUNKS
         self._contexts: list[np.ndarray] = []
         self._contexts_at = 0  # first window of the buffered contexts
 
@@ -171,15 +177,18 @@ class TableWriter:
         if self.dtype == "int8":
             words, scales = quantize_int8(acts)
         else:
-            words, scales = to_storage(acts, self.dtype), np.zeros(len(tokens), dtype=np.float32)
-        self._open.setdefault(shard, []).append((words, scales, tokens, doc_pos))
-        if sum(len(p[2]) for p in self._open[shard]) == self._shard_size(shard, self.max_tokens):
+            words, scales = to_storage(acts, self.dtype), None
+        if shard not in self._open:
+            self._open[shard] = self._spare.pop() if self._spare else _ShardBuffer(self)
+        buf = self._open[shard]
+        buf.append(words, scales, tokens, doc_pos)
+        if buf.rows == self._shard_size(shard, self.max_tokens):
             self._commit(shard)
 
     def close(self, n_tokens: int) -> None:
         """The text ended at `n_tokens`: write this process's last, shorter shard if it holds it."""
         for shard in sorted(self._open):
-            held = sum(len(p[2]) for p in self._open[shard])
+            held = self._open[shard].rows
             if held != self._shard_size(shard, n_tokens):
                 raise RuntimeError(f"internal: shard {shard} of {self.path} holds {held} rows at the end")
             self._commit(shard)
@@ -188,35 +197,38 @@ class TableWriter:
         return min(self.shard_tokens, n_tokens - shard * self.shard_tokens)
 
     def _commit(self, shard: int) -> None:
-        words, scales, toks, pos = (
-            np.concatenate(parts) for parts in zip(*self._open.pop(shard), strict=True)
-        )
+        buf = self._open.pop(shard)
         start = shard * self.shard_tokens
-        stop = start + len(toks)
-        # a short last shard is padded to the array's end, so every shard write is whole (never read back)
-        pad = min(self.max_tokens, start + self.shard_tokens) - stop
+        n = buf.rows
+        # a short last shard is padded (zeros) to the array's end, so every shard write is whole (never read back)
+        whole = min(self.max_tokens, start + self.shard_tokens) - start
+        buf.zero_from(n, whole)
         failpoint("commit-start")
-        self.group["activations"][start : stop + pad] = _padded(words, pad)
+        self.group["activations"][start : start + whole] = buf.words[:whole]
         if self.dtype == "int8":
-            self.group["scales"][start : stop + pad] = _padded(scales, pad)
+            self.group["scales"][start : start + whole] = buf.scales[:whole]
         failpoint("commit-mid")
-        self.group["tokens"][start : stop + pad] = _padded(toks, pad)
-        self.group["doc_pos"][start : stop + pad] = _padded(pos, pad)
-        self._commit_stats(start, from_storage(words, self.dtype, scales=scales))
+        self.group["tokens"][start : start + whole] = buf.tokens[:whole]
+        self.group["doc_pos"][start : start + whole] = buf.doc_pos[:whole]
+        scales = buf.scales[:n] if self.dtype == "int8" else None
+        self._commit_stats(start, from_storage(buf.words[:n], self.dtype, scales=scales))
         failpoint("commit-before-progress")
-        self.group["committed"][shard] = len(toks)
+        self.group["committed"][shard] = n
         self.done[shard] = True
+        buf.reset()
+        self._spare.append(buf)
         failpoint("commit-end")
 
     def _commit_stats(self, start: int, values: torch.Tensor) -> None:
-        """Per-chunk Σx and Σ‖x‖² of the values as stored (what training reads), one stats chunk per shard."""
-        parts = torch.split(values.double(), self.chunk_tokens)
+        """Per-chunk Σx and Σ‖x‖² of the values as stored (what training reads), one stats chunk per shard;
+        accumulated in fp64 without an fp64 copy of the shard."""
+        parts = torch.split(values, self.chunk_tokens)
         first = start // self.chunk_tokens
         stats_chunk = self.shard_tokens // self.chunk_tokens
         sums = np.zeros((stats_chunk, self.d))
         sumsq = np.zeros(stats_chunk)
-        sums[: len(parts)] = torch.stack([p.sum(0) for p in parts]).numpy()
-        sumsq[: len(parts)] = [float(p.square().sum()) for p in parts]
+        sums[: len(parts)] = torch.stack([p.sum(0, dtype=torch.float64) for p in parts]).numpy()
+        sumsq[: len(parts)] = [float(p.square().sum(-1).sum(dtype=torch.float64)) for p in parts]
         last = min(first + stats_chunk, self.group["chunk_sumsq"].shape[0])
         self.group["chunk_sum"][first:last] = sums[: last - first]
         self.group["chunk_sumsq"][first:last] = sumsq[: last - first]
@@ -225,8 +237,7 @@ class TableWriter:
     def add_context(self, ids: np.ndarray) -> None:
         """The next window's full token ids; written in whole-chunk blocks (rewritten identically on resume)."""
         self._contexts.append(ids)
-        ctx = self.group["contexts"]
-        if len(self._contexts) == ctx.chunks[0] * CONTEXT_BLOCK_CHUNKS:
+        if len(self._contexts) == self._context_block:
             self._write_contexts()
 
     def _write_contexts(self) -> None:
@@ -289,7 +300,29 @@ class TableWriter:
         return {"tokens": n_tokens, "heldout_tokens": n_tokens - n_train, **stats}
 
 
-def _padded(x: np.ndarray, pad: int) -> np.ndarray:
-    if pad == 0:
-        return x
-    return np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
+class _ShardBuffer:
+    """One shard's rows in their stored form, filled in place as batches arrive."""
+
+    def __init__(self, writer: TableWriter):
+        n, d = writer.shard_tokens, writer.d
+        self.words = np.empty((n, d), dtype=STORAGE_DTYPES[writer.dtype])
+        self.scales = np.empty(n, dtype=np.float32)
+        self.tokens = np.empty(n, dtype=writer._tok_dtype)
+        self.doc_pos = np.empty((n, 3), dtype=np.int32)
+        self.rows = 0
+
+    def append(self, words, scales, tokens, doc_pos) -> None:
+        i, j = self.rows, self.rows + len(tokens)
+        self.words[i:j] = words
+        if scales is not None:
+            self.scales[i:j] = scales
+        self.tokens[i:j] = tokens
+        self.doc_pos[i:j] = doc_pos
+        self.rows = j
+
+    def zero_from(self, start: int, stop: int) -> None:
+        for arr in (self.words, self.scales, self.tokens, self.doc_pos):
+            arr[start:stop] = 0
+
+    def reset(self) -> None:
+        self.rows = 0
