@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -285,6 +286,69 @@ def test_several_layers_and_sites_in_one_pass_match_forward_hooks(tiny_model, tm
         rows = np.flatnonzero(pos[:, 1] == 1)
         got = table.read(int(rows[0]), int(rows[-1]) + 1)
         torch.testing.assert_close(got, expected[0, pos[rows, 2]].float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.fixture
+def s3_env():
+    """A local S3 endpoint (moto) with a bucket `acts`; the environment a subprocess needs to reach it."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client(
+        "s3",
+        endpoint_url=url,
+        **{k.lower(): v for k, v in keys.items() if k != "AWS_DEFAULT_REGION"},
+        region_name="us-east-1",
+    ).create_bucket(Bucket="acts")
+    yield {**os.environ, **keys, "AWS_ENDPOINT_URL": url, "FSSPEC_S3_ENDPOINT_URL": url}
+    server.stop()
+
+
+def test_s3_store_harvest_info_and_train(tiny_model, reference, tmp_path, s3_env, monkeypatch):
+    """s3:// through fsspec/s3fs against a local endpoint: the same store as on disk, readable for training."""
+    url = "s3://acts/store"
+    assert _harvest_proc(tiny_model, url, env=s3_env).returncode == 0
+    exe = Path(sys.executable).with_name("vsae")
+    info = subprocess.run([str(exe), "info", url, "--json"], capture_output=True, text=True, env=s3_env)
+    assert json.loads(info.stdout)[0]["complete"]
+    train = subprocess.run(
+        [
+            str(exe),
+            "train",
+            "--store",
+            url,
+            "--arch",
+            "topk",
+            "--dict-size",
+            "128",
+            "--k",
+            "4",
+            "--steps",
+            "3",
+            "--batch-size",
+            "256",
+            "--out",
+            str(tmp_path / "ck"),
+        ],
+        capture_output=True,
+        text=True,
+        env=s3_env,
+    )
+    assert train.returncode == 0, train.stderr
+    for key, value in s3_env.items():
+        if key.startswith(("AWS_", "FSSPEC_")):
+            monkeypatch.setenv(key, value)
+    _assert_same_store(url, reference)
 
 
 def test_memory_store_through_fsspec(tiny_model):
