@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -122,11 +123,29 @@ def harvest(cfg: HarvestConfig, show_progress: bool = True, loaded: LoadedModel 
                     "and re-run the same command to resume"
                 ) from exc
             raise
-        world.barrier()  # every rank's shards are written
-        summary = world.on_main(
-            lambda: {w.path: w.finish(n_tokens, cfg.heldout_fraction) for _, w in writers}
-        )
+        if not world.is_main:
+            return {"tables": {}, "skipped": skipped}  # rank 0 finalises once it sees this rank's shards
+        if world.active:
+            _wait_for_shards([w for _, w in writers], n_tokens)
+        summary = {w.path: w.finish(n_tokens, cfg.heldout_fraction) for _, w in writers}
     return {"tables": summary, "skipped": skipped}
+
+
+def _wait_for_shards(writers, n_tokens: int, stall_s: float = 3600.0) -> None:
+    """Rank 0 polls the commit marks (no collective, so no collective timeout however long the other
+    ranks take); torchrun stops the job if a rank fails, and an hour without progress is an error."""
+    last, since = -1, time.monotonic()
+    while True:
+        done = sum(w.committed_count(n_tokens) for w in writers)
+        if done == sum(w.shards_needed(n_tokens) for w in writers):
+            return
+        if done != last:
+            last, since = done, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            raise VsaeError(
+                f"no rank committed a shard for {stall_s / 60:.0f} min; re-run the harvest to finish"
+            )
+        time.sleep(1.0)
 
 
 def _lock_and_prepare(cfg: HarvestConfig, loaded, sites: list[Site], locks: contextlib.ExitStack):

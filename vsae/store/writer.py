@@ -251,6 +251,14 @@ class TableWriter:
         self._contexts_at, self._contexts = stop, []
 
     # ------------------------------------------------------------------ finishing (rank 0 only)
+    def shards_needed(self, n_tokens: int) -> int:
+        return math.ceil(n_tokens / self.shard_tokens)
+
+    def committed_count(self, n_tokens: int) -> int:
+        """Shards of the first `n_tokens` rows that are marked as written (by any process)."""
+        marks = np.asarray(self.group["committed"][: self.shards_needed(n_tokens)])
+        return int((marks > 0).sum())
+
     def finish(self, n_tokens: int, heldout_fraction: float) -> dict:
         """Check every shard is written, trim the arrays to `n_tokens`, store the statistics, mark complete."""
         if n_tokens == 0:
