@@ -1,8 +1,10 @@
 """GPU correctness checks, run by hand on a CUDA machine (not part of the CPU test suite):
 
 * initial weights identical on CPU and GPU (spec §9 test 35);
-* every architecture's loss terms and gradients on GPU equal the CPU ones (var_flag = 0: no noise);
-* the sparse kernels' gradients on GPU equal the dense ones.
+* every architecture's loss terms and gradients on GPU equal the CPU ones (var_flag = 0: no noise; at
+  k/F = 1/64 topk and batchtopk take the fused top-k step on both);
+* the sparse kernels' gradients on GPU equal the dense ones;
+* the reader's GPU-side shuffle hands out the same batches as the CPU one.
 
     python bench/gpu_check.py
 """
@@ -73,7 +75,26 @@ def main() -> None:
     sparse_ok = all(float((p - q).abs().max() / q.abs().max()) < 1e-5 for p, q in zip(*grads, strict=True))
     failures += not sparse_ok
     print("sparse kernels match dense on GPU:", sparse_ok)
+    failures += not reader_matches(dev)
     print("FAILURES:", failures)
+
+
+def reader_matches(dev) -> bool:
+    import tempfile
+
+    from vsae.store.reader import ShuffledBatches
+    from vsae.store.synthetic import SyntheticConfig, write_synthetic
+    from vsae.store.table import open_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic(SyntheticConfig(store=tmp, d=16, atoms=32, tokens=40_000, chunk_tokens=1024))
+        table = open_table(tmp)
+        cpu, gpu = ShuffledBatches(table, 3000, seed=1), ShuffledBatches(table, 3000, seed=1, device=str(dev))
+        ok = all(torch.equal(next(cpu), next(gpu).cpu()) for _ in range(30))
+        cpu.close()
+        gpu.close()
+    print("reader batches identical with the GPU shuffle:", ok)
+    return ok
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40)
     args = ap.parse_args()
     table = open_table(args.store)
-    reader = ShuffledBatches(table, args.batch, seed=0)
+    reader = ShuffledBatches(table, args.batch, seed=0, device=args.device)
     next(reader)
     t = time.perf_counter()
     for _ in range(args.batches):

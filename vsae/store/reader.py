@@ -1,5 +1,7 @@
 """Shuffled training batches: a seeded chunk permutation per epoch, tokens mixed across a buffer of
 chunks, chunks decoded in parallel threads and the next buffer prefetched while the current one trains.
+On a GPU the decoded buffer goes up once and the token shuffle runs there (the same permutation), so the
+CPU only decodes.
 
 The batch sequence is a pure function of (seed, position), so resuming only needs the position.
 """
@@ -18,7 +20,8 @@ from vsae.store.table import Table
 
 
 class ShuffledBatches:
-    """Infinite iterator of [batch_size, d] batches in the stored precision (callers cast on the device)."""
+    """Infinite iterator of [batch_size, d] batches in the stored precision (callers cast on the device),
+    on `device` when it is a GPU."""
 
     def __init__(
         self,
@@ -29,6 +32,7 @@ class ShuffledBatches:
         threads: int = min(8, os.cpu_count() or 1),
         rank: int = 0,
         world: int = 1,
+        device: str = "cpu",
     ):
         self.table = table
         self.chunks = [c for c in range(table.n_train_chunks) if c % world == rank]  # disjoint slice per rank
@@ -38,6 +42,7 @@ class ShuffledBatches:
                 "harvest more tokens or use fewer ranks"
             )
         self.batch_size = batch_size
+        self.device = torch.device(device)
         self.seed = seed
         self.buffer_chunks = max(1, buffer_chunks)
         self.position = 0  # tokens consumed since the start of epoch 0
@@ -73,8 +78,11 @@ class ShuffledBatches:
             return self.table.read_stored(start, start + self._chunk_len(c))
 
         data = torch.cat(list(self._pool.map(read, chunks)))
-        perm = np.random.default_rng([self.seed, epoch, g, 1]).permutation(len(data))
-        return data[torch.from_numpy(perm)]
+        perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, g, 1]).permutation(len(data)))
+        if self.device.type == "cuda":  # one pinned copy up, the token shuffle on the GPU
+            data = data.pin_memory().to(self.device, non_blocking=True)
+            perm = perm.to(self.device, non_blocking=True)
+        return data[perm]
 
     def _group(self, epoch: int, g: int, groups) -> torch.Tensor:
         key = (epoch, g)

@@ -327,6 +327,7 @@ def train(
         buffer_chunks=tcfg.buffer_chunks,
         rank=world.rank,
         world=world.size,
+        device=str(runs[0].device),
     )
     provenance = _provenance(table, store)
     start = _restore(runs, reader) if resume else 0
