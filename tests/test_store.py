@@ -111,6 +111,33 @@ def test_torchrun_harvest_gives_the_single_process_store(tiny_model, reference, 
     _assert_same_store(store, reference)
 
 
+def test_text_ending_before_tokens_gives_the_same_trimmed_store_under_torchrun(tiny_model, tmp_path):
+    """The last shard is short and the arrays are trimmed to what the text gave, in both modes."""
+    from pydoc_data.topics import topics
+
+    text = tmp_path / "small.txt"
+    text.write_text(" ".join(topics[k] for k in sorted(topics)[:12]))
+    args = [
+        "--layer",
+        "1",
+        "--dataset",
+        text,
+        "--tokens",
+        "100000",
+        "--chunk-tokens",
+        "256",
+        "--shard-chunks",
+        "2",
+    ]
+    proc = torchrun_vsae("harvest", tiny_model, *args, "--store", tmp_path / "two")
+    assert proc.returncode == 0, proc.stderr
+    run_cli("harvest", tiny_model, *args, "--store", tmp_path / "one")
+    table = open_table(str(tmp_path / "one"))
+    assert 0 < table.n_tokens < 100_000 and table.n_tokens % 512 != 0
+    assert int(table.group["committed"][:].sum()) == table.n_tokens
+    _assert_same_store(tmp_path / "two", tmp_path / "one")
+
+
 def test_killed_torchrun_harvest_resumes_in_one_process(tiny_model, reference, tmp_path):
     """Ranks write disjoint shards (rank r: s ≡ r mod 2), each marked on its own; any mix of runs resumes."""
     store = tmp_path / "acts"
