@@ -77,6 +77,14 @@ def test_invariant_export_reloads_in_saelens_with_identical_outputs(name, ov, tm
         torch.testing.assert_close(
             codes[:, :F] - codes[:, F:], fold_to_unit(raw).encode(x), rtol=1e-4, atol=1e-4
         )
+    # and back: the SAELens folder imports with the same codes and reconstructions
+    run_cli("import", tmp_path / "lens", tmp_path / "back")
+    back = load_sae(tmp_path / "back")
+    torch.testing.assert_close(back.encode(x), lens.encode(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(back(x), raw(x), rtol=1e-4, atol=1e-4)
+    assert json.loads((tmp_path / "back" / "cfg.json").read_text())["provenance"]["hook_name"] == (
+        "blocks.0.hook_resid_post"
+    )
 
 
 def test_invariant_folding_is_exact_and_refused_for_selection():
@@ -353,3 +361,36 @@ def test_invariant_import_vsae_gated_only_when_inexact_is_allowed(tmp_path, bias
     torch.testing.assert_close(load_sae(tmp_path / "out")(x), expected, rtol=1e-5, atol=1e-4)
     cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
     assert cfg["architecture"] == "vsae_gated" and cfg["provenance"]["imported_from"]["exact"] is False
+
+
+def test_saelens_folders_written_by_sae_lens_import_or_are_refused(tmp_path):
+    """A standard SAE saved by sae_lens itself (decoder rows not unit) imports exactly; an input-normalising
+    SAE and a topk SAE whose rows are not unit are refused with one line, nothing written."""
+    from sae_lens import SAE as LensSAE
+    from sae_lens import StandardSAEConfig
+
+    g = torch.Generator().manual_seed(4)
+    lens = LensSAE.from_dict(StandardSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=True).to_dict())
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    lens.save_model(tmp_path / "std")
+    run_cli("import", tmp_path / "std", tmp_path / "std_out")
+    x = _x()
+    back = load_sae(tmp_path / "std_out")
+    assert back.cfg.decoder_norm == "free"
+    torch.testing.assert_close(back(x), lens.decode(lens.encode(x)), rtol=1e-4, atol=1e-4)
+    cfg = json.loads((tmp_path / "std" / "cfg.json").read_text())
+    for case, change in (
+        ("normalises", {"normalize_activations": "expected_average_only_in"}),
+        ("not unit", {"architecture": "topk", "k": 4}),
+    ):
+        folder = tmp_path / case.replace(" ", "_")
+        folder.mkdir()
+        (folder / "cfg.json").write_text(json.dumps(cfg | change))
+        (folder / "sae_weights.safetensors").write_bytes(
+            (tmp_path / "std" / "sae_weights.safetensors").read_bytes()
+        )
+        proc = run_vsae("import", folder, tmp_path / f"{folder.name}_out", expect=2)
+        assert case in proc.stderr and "\n" not in proc.stderr.strip()
+        assert not (tmp_path / f"{folder.name}_out").exists()

@@ -74,29 +74,35 @@ def import_dictionary_learning(
         raise VsaeError(
             f"{dict_class} has a log-variance head: pass the training norm factor (--norm-factor)"
         )
-    c = float(norm_factor or 1.0)
-    d_in, d_sae = tensors["W_enc"].shape
     if variational:
         overrides |= {"var_flag": 1, "logvar_min": -6.0, "logvar_max": 2.0, "log_var_init": -6.0}
     elif arch.startswith("vsae"):
         overrides["var_flag"] = 0
-    cfg = build_config(arch, d_in, d_sae, overrides)
-    raw = SAE(cfg)
+    source = {"dict_class": dict_class, "trainer_class": trainer_class, "path": str(folder)}
+    return write_imported(
+        out, arch, tensors, overrides, notes, float(norm_factor or 1.0), source, logvar_convention
+    )
+
+
+def write_imported(
+    out,
+    arch: str,
+    tensors: dict,
+    overrides: dict,
+    notes: list[str],
+    c: float,
+    source: dict,
+    logvar_convention: str = "bias_times_c",
+    provenance: dict | None = None,
+) -> Path:
+    """Build `arch` around raw-space reference tensors and write it as a vsae checkpoint at `out`;
+    `imported_from` records the source and whether the conversion is exact (no notes)."""
+    d_in, d_sae = tensors["W_enc"].shape
+    raw = SAE(build_config(arch, d_in, d_sae, overrides))
     raw.space = "raw"
     model = _fill(raw, tensors, c, logvar_convention)
-    exact = not notes
-    meta = {
-        "provenance": {
-            "imported_from": {
-                "dict_class": dict_class,
-                "trainer_class": trainer_class,
-                "exact": exact,
-                "notes": notes,
-                "path": str(folder),
-            }
-        }
-    }
-    write_checkpoint(Path(out), model, c, meta)
+    imported = {**source, "exact": not notes, "notes": notes}
+    write_checkpoint(Path(out), model, c, {"provenance": {**(provenance or {}), "imported_from": imported}})
     return Path(out)
 
 

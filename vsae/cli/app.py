@@ -313,7 +313,12 @@ def export_(
 
 @app.command("import")
 def import_(
-    folder: Annotated[Path, typer.Argument(help="dictionary_learning folder with ae.pt and config.json.")],
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A dictionary_learning folder (ae.pt + config.json) or a SAELens one (cfg.json + sae_weights.safetensors)."
+        ),
+    ],
     out: Annotated[Path, typer.Argument(help="vsae checkpoint folder to write.")],
     norm_factor: Annotated[
         float | None, typer.Option(help="Training norm factor c (required for var_flag=1 models).")
@@ -332,12 +337,23 @@ def import_(
         typer.Option(help="Convert classes with no exact equivalent (VSAEGated); recorded as exact=false."),
     ] = False,
 ) -> None:
-    """Import a dictionary_learning checkpoint (the dict_classes of spec §8.6) as a vsae checkpoint."""
+    """Import a dictionary_learning checkpoint (the dict_classes of spec §8.6) or a SAELens folder (standard,
+    gated, jumprelu, topk) as a vsae checkpoint."""
     from vsae.archs.import_dl import import_dictionary_learning
+    from vsae.archs.import_saelens import import_saelens, is_saelens_folder
     from vsae.store.table import open_table
 
     if store is not None and norm_factor is None:
         norm_factor = open_table(store).norm_factor()
+    if is_saelens_folder(folder):
+        import_saelens(folder, out, norm_factor=norm_factor)
+        console.print(f"wrote {out}")
+        return
+    if not (folder / "ae.pt").is_file():
+        raise VsaeError(
+            f"{folder} holds neither ae.pt + config.json (dictionary_learning) nor cfg.json + "
+            "sae_weights.safetensors (SAELens)"
+        )
     import_dictionary_learning(
         folder,
         out,
