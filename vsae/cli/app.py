@@ -15,6 +15,7 @@ from vsae.archs.config import SAEConfig, field_help
 from vsae.archs.registry import ARCHS
 from vsae.errors import VsaeError
 from vsae.evaluate.core import EvalConfig
+from vsae.evaluate.dashboard import DashboardConfig
 from vsae.harvest.loop import HarvestConfig
 from vsae.harvest.models import ALIASES, PACKAGED
 from vsae.progress import console
@@ -33,6 +34,7 @@ H = field_help(HarvestConfig)
 T = field_help(TrainConfig)
 E = field_help(EvalConfig)
 M = field_help(SAEConfig)
+VIZ = field_help(DashboardConfig)
 S = field_help(SyntheticConfig)
 ARCH_LIST = ", ".join(ARCHS)
 
@@ -363,6 +365,30 @@ def import_(
         allow_inexact=allow_inexact,
     )
     console.print(f"wrote {out}")
+
+
+@app.command()
+def viz(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (cfg.json + sae.safetensors).")],
+    out: Annotated[
+        Path, typer.Option(help="HTML file to write (default: <checkpoint>/dashboard.html).")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help=VIZ["store"])] = None,
+    tokens: Annotated[int, typer.Option(help=VIZ["tokens"])] = 65_536,
+    latents: Annotated[int, typer.Option(help=VIZ["latents"])] = 48,
+    examples: Annotated[int, typer.Option(help=VIZ["examples"])] = 8,
+    context: Annotated[int, typer.Option(help=VIZ["context"])] = 10,
+    seed: Annotated[int, typer.Option(help=VIZ["seed"])] = 0,
+) -> None:
+    """Feature dashboard: firing rates, activation histograms and top contexts of a sample of latents."""
+    from vsae.evaluate.dashboard import build_dashboard
+
+    cfg = DashboardConfig(store, tokens, latents, examples, context, seed)
+    summary = build_dashboard(checkpoint, out or checkpoint / "dashboard.html", cfg)
+    console.print(
+        f"wrote {summary['out']}: {len(summary['latents'])} latents over {summary['tokens']:,} tokens "
+        f"({summary['dead']:,} never fired)"
+    )
 
 
 @app.command()

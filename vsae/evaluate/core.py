@@ -54,13 +54,7 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
     """Core metrics (and CE/KL recovered) for one checkpoint; also written to `<path>/eval.json`."""
     meta = read_cfg(path)
     sae = load_sae(path)
-    prov = meta["provenance"]
-    store = cfg.store or prov.get("store")
-    if store is None:
-        raise VsaeError(f"{path} does not record its store; pass --store")
-    table = open_table(store, prov["store_table"].split("/")[0], prov["site"], prov["layer"])
-    if table.d != sae.cfg.d_in:
-        raise VsaeError(f"{path} has d_in={sae.cfg.d_in} but table {table.path} has d={table.d}")
+    table = checkpoint_table(path, sae, cfg.store)
     result = {"checkpoint": str(path), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae}
     result |= core_metrics(sae, table, meta["norm_factor"], cfg)
     if "true_atoms" in table.group:
@@ -74,6 +68,18 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
         result |= ce_recovered(sae, table, max_windows=cfg.ce_windows, lm=lm)
     (Path(path) / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def checkpoint_table(path: Path, sae: SAE, store: str | None) -> Table:
+    """The table a checkpoint was trained on (in `store`, default the recorded one), checked against d_in."""
+    prov = read_cfg(path)["provenance"]
+    store = store or prov.get("store")
+    if store is None or "store_table" not in prov:
+        raise VsaeError(f"{path} does not record its store and table; pass --store")
+    table = open_table(store, prov["store_table"].split("/")[0], prov["site"], prov["layer"])
+    if table.d != sae.cfg.d_in:
+        raise VsaeError(f"{path} has d_in={sae.cfg.d_in} but table {table.path} has d={table.d}")
+    return table
 
 
 @torch.no_grad()

@@ -43,24 +43,27 @@ def resolve(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+def _locate(name: str, revision: str | None) -> tuple[str, str, str]:
+    """(path to load from, source, model id) of an alias, local directory, the packaged model or a hub id."""
+    if name == PACKAGED:
+        return packaged_smollm2(), "packaged", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    if os.path.isdir(name):
+        return name, "local", os.path.abspath(name)
+    model_id = resolve(name)
+    if "/" not in model_id and not model_id.startswith("gpt2"):
+        raise VsaeError(
+            f"unknown model {name!r}: not an alias ({', '.join([PACKAGED, *ALIASES])}), a local directory or a hub id"
+        )
+    _check_hub_reachable(model_id, revision)
+    return model_id, "hub", model_id
+
+
 def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load `name`: an alias, a local directory, `smollm2-135m`, or a hub id (one-line error offline)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-    if name == PACKAGED:
-        path = packaged_smollm2()
-        source, model_id = "packaged", "HuggingFaceTB/SmolLM2-135M-Instruct"
-    elif os.path.isdir(name):
-        path, source, model_id = name, "local", os.path.abspath(name)
-    else:
-        model_id = resolve(name)
-        if "/" not in model_id and not model_id.startswith("gpt2"):
-            raise VsaeError(
-                f"unknown model {name!r}: not an alias ({', '.join([PACKAGED, *ALIASES])}), a local directory or a hub id"
-            )
-        _check_hub_reachable(model_id, revision)
-        path, source = model_id, "hub"
+    path, source, model_id = _locate(name, revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
@@ -70,6 +73,18 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
         ) from exc
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, model_id, revision, source)
+
+
+def load_tokenizer(name: str, revision: str | None = None):
+    """The tokenizer alone (dashboards), resolved like `load_model`."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    path, _, _ = _locate(name, revision)
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision)
+    except OSError as exc:
+        raise VsaeError(f"could not load the tokenizer of {name!r}; {OFFLINE_HINT}") from exc
 
 
 def quiet_transformers() -> None:
