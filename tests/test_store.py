@@ -60,7 +60,11 @@ def _assert_same_store(a: Path, b: Path):
 
 
 def _attrs_but_run_options(attrs: dict) -> dict:
-    harvest = {k: v for k, v in attrs["provenance"]["harvest"].items() if k not in ("store", "force")}
+    harvest = {
+        k: v
+        for k, v in attrs["provenance"]["harvest"].items()
+        if k not in ("store", "force", "writer_threads")
+    }
     return attrs | {"provenance": attrs["provenance"] | {"harvest": harvest}}
 
 
@@ -82,6 +86,16 @@ def test_resume_after_kill_gives_identical_store(tiny_model, reference, tmp_path
     assert not info["complete"]
     resumed = _harvest_proc(tiny_model, store)
     assert resumed.returncode == 0, resumed.stderr
+    _assert_same_store(store, reference)
+
+
+def test_parallel_shard_writers_give_the_same_store_and_resume(tiny_model, reference, tmp_path):
+    """Three shards compressed and written at once: killed mid-commit, resumed, the store is the same."""
+    store = tmp_path / "acts"
+    threads = ["--writer-threads", "3"]
+    killed = _harvest_proc(tiny_model, store, env=_vsae_env(VSAE_FAILPOINT="commit-mid:4"), extra=threads)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _harvest_proc(tiny_model, store, extra=threads).returncode == 0
     _assert_same_store(store, reference)
 
 

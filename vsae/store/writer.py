@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -137,7 +138,7 @@ def committed_tokens(group: zarr.Group) -> int:
 class TableWriter:
     """One process's writer of a prepared table: buffers rows per shard and commits whole shards."""
 
-    def __init__(self, root: zarr.Group, path: str):
+    def __init__(self, root: zarr.Group, path: str, threads: int = 1):
         self.path = path
         self.group = root[path]
         attrs = dict(self.group.attrs)
@@ -152,6 +153,10 @@ class TableWriter:
         self._context_block = self.group["contexts"].chunks[0] * CONTEXT_BLOCK_CHUNKS
         self._contexts: list[np.ndarray] = []
         self._contexts_at = 0  # first window of the buffered contexts
+        # shards are independent objects, so several can be compressed and written at once
+        self._threads = max(1, threads)
+        self._pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
+        self._pending: list[Future] = []
 
     def shard_of(self, row: int) -> int:
         return row // self.shard_tokens
@@ -183,7 +188,7 @@ class TableWriter:
         buf = self._open[shard]
         buf.append(words, scales, tokens, doc_pos)
         if buf.rows == self._shard_size(shard, self.max_tokens):
-            self._commit(shard)
+            self._start_commit(shard)
 
     def close(self, n_tokens: int) -> None:
         """The text ended at `n_tokens`: write this process's last, shorter shard if it holds it."""
@@ -191,13 +196,28 @@ class TableWriter:
             held = self._open[shard].rows
             if held != self._shard_size(shard, n_tokens):
                 raise RuntimeError(f"internal: shard {shard} of {self.path} holds {held} rows at the end")
-            self._commit(shard)
+            self._start_commit(shard)
+        self._wait(0)
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def _shard_size(self, shard: int, n_tokens: int) -> int:
         return min(self.shard_tokens, n_tokens - shard * self.shard_tokens)
 
-    def _commit(self, shard: int) -> None:
+    def _start_commit(self, shard: int) -> None:
         buf = self._open.pop(shard)
+        if self._pool is None:
+            self._commit(shard, buf)
+            return
+        self._wait(self._threads - 1)  # bounded: at most `threads` shard buffers in flight
+        self._pending.append(self._pool.submit(self._commit, shard, buf))
+
+    def _wait(self, keep: int) -> None:
+        """Finish commits until at most `keep` are in flight; a failed commit's error is raised here."""
+        while len(self._pending) > keep:
+            self._pending.pop(0).result()
+
+    def _commit(self, shard: int, buf: _ShardBuffer) -> None:
         start = shard * self.shard_tokens
         n = buf.rows
         # a short last shard is padded (zeros) to the array's end, so every shard write is whole (never read back)
