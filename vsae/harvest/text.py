@@ -118,24 +118,40 @@ def pack(docs: Iterator[str], tokenizer, ctx_len: int, exclude_special: bool = T
     body = ctx_len - (1 if bos is not None else 0)
     if body < 1:
         raise VsaeError(f"ctx_len={ctx_len} is too short")
-    ids_buf: list[int] = []
-    doc_buf: list[int] = []
+    ids_buf = np.zeros(0, dtype=np.int64)
+    doc_buf = np.zeros(0, dtype=np.int64)
     index = 0
-    for d, text in enumerate(docs):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for d, ids in enumerate(token_ids(docs, tokenizer)):
         if eos is not None:
             ids = [*ids, eos]
-        ids_buf.extend(ids)
-        doc_buf.extend([d] * len(ids))
-        while len(ids_buf) >= body:
-            yield _window(index, ids_buf[:body], doc_buf[:body], bos, special, exclude_special)
+        ids_buf = np.concatenate([ids_buf, np.asarray(ids, dtype=np.int64)])
+        doc_buf = np.concatenate([doc_buf, np.full(len(ids), d, dtype=np.int64)])
+        full = len(ids_buf) // body
+        for w in range(full):
+            cut = slice(w * body, (w + 1) * body)
+            yield _window(index, ids_buf[cut], doc_buf[cut], bos, special, exclude_special)
             index += 1
-            del ids_buf[:body], doc_buf[:body]
+        ids_buf, doc_buf = ids_buf[full * body :], doc_buf[full * body :]
+
+
+def token_ids(docs: Iterator[str], tokenizer, chars: int = 100_000) -> Iterator[list[int]]:
+    """Each document's token ids, tokenised in groups of about `chars` characters (a fast tokenizer spreads
+    a group's documents over the cores, and every harvest rank tokenises the whole text; small groups keep
+    the look-ahead of a short harvest small)."""
+    group: list[str] = []
+    size = 0
+    for text in docs:
+        group.append(text)
+        size += len(text)
+        if size >= chars:
+            yield from tokenizer(group, add_special_tokens=False)["input_ids"]
+            group, size = [], 0
+    if group:
+        yield from tokenizer(group, add_special_tokens=False)["input_ids"]
 
 
 def _window(index, ids, docs, bos, special, exclude_special) -> Window:
     if bos is not None:
-        ids, docs = [bos, *ids], [docs[0], *docs]
-    ids_arr = np.asarray(ids, dtype=np.int64)
-    keep = ~np.isin(ids_arr, special) if exclude_special else np.ones(len(ids_arr), dtype=bool)
-    return Window(index, ids_arr, np.asarray(docs, dtype=np.int64), keep)
+        ids, docs = np.concatenate([[bos], ids]), np.concatenate([docs[:1], docs])
+    keep = ~np.isin(ids, special) if exclude_special else np.ones(len(ids), dtype=bool)
+    return Window(index, ids, docs, keep)
