@@ -158,9 +158,6 @@ class TableWriter:
         self._pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
         self._pending: list[Future] = []
 
-    def shard_of(self, row: int) -> int:
-        return row // self.shard_tokens
-
     def wants(self, shard: int) -> bool:
         """Does this table still need shard `shard`?"""
         return not self.done[shard]
