@@ -89,6 +89,16 @@ def test_resume_after_kill_gives_identical_store(tiny_model, reference, tmp_path
     _assert_same_store(store, reference)
 
 
+def test_compression_level_changes_bytes_not_values(tiny_model, reference, tmp_path):
+    store = tmp_path / "acts"
+    assert _harvest_proc(tiny_model, store, extra=["--compression-level", "9"]).returncode == 0
+    ours, ref = open_table(str(store)), open_table(str(reference))
+    blosc = ours.acts.metadata.to_dict()["codecs"][0]["configuration"]["codecs"][1]["configuration"]
+    assert blosc["clevel"] == 9 and ours.attrs["config"]["compression_level"] == 9
+    for name in ARRAYS:
+        assert np.array_equal(ours.group[name][:], ref.group[name][:]), name
+
+
 def test_parallel_shard_writers_give_the_same_store_and_resume(tiny_model, reference, tmp_path):
     """Three shards compressed and written at once: killed mid-commit, resumed, the store is the same."""
     store = tmp_path / "acts"
@@ -212,7 +222,7 @@ def open_table_partial_tokens(store: Path) -> int:
     return json.loads(run_cli("info", store, "--json").output)[0]["progress"]["tokens"]
 
 
-@pytest.mark.parametrize("case", ["empty", "column", "file_store", "unknown_site", "dtype"])
+@pytest.mark.parametrize("case", ["empty", "column", "file_store", "unknown_site", "dtype", "level"])
 def test_bad_harvest_input_leaves_nothing(tiny_model, tmp_path, case):
     store = tmp_path / "acts"
     args = ["harvest", tiny_model, "--layer", "1", "--tokens", "500", "--store", store]
@@ -231,9 +241,12 @@ def test_bad_harvest_input_leaves_nothing(tiny_model, tmp_path, case):
     elif case == "unknown_site":
         args += ["--site", "resid_mid"]
         expect = "unknown site"
-    else:
+    elif case == "dtype":
         args += ["--dtype", "int4"]
         expect = "dtype"
+    else:
+        args += ["--compression-level", "12"]
+        expect = "0..9"
     proc = run_vsae(*args, expect=2)
     text = proc.stderr.strip()
     assert text.startswith("error:") and expect in text and "\n" not in text, text
