@@ -394,3 +394,18 @@ def test_saelens_folders_written_by_sae_lens_import_or_are_refused(tmp_path):
         proc = run_vsae("import", folder, tmp_path / f"{folder.name}_out", expect=2)
         assert case in proc.stderr and "\n" not in proc.stderr.strip()
         assert not (tmp_path / f"{folder.name}_out").exists()
+
+
+def test_exported_then_imported_checkpoint_evaluates_the_same(store, tmp_path):
+    """train → export (SAELens) → import → eval on the store: identical held-out metrics."""
+    args = ["--arch", "topk", "--expansion", "4", "--k", "8", "--batch-size", "512", "--steps", "30"]
+    run_cli("train", "--store", store, *args, "--out", tmp_path / "ck")
+    run_dir = tmp_path / "ck" / "topk_256_k8_s0"
+    run_cli("export", run_dir, tmp_path / "lens")
+    run_cli("import", tmp_path / "lens", tmp_path / "back", "--store", store)  # norm factor from the store
+    for ckpt in (run_dir, tmp_path / "back"):
+        run_cli("eval", ckpt, "--store", store, "--no-ce")
+    before = json.loads((run_dir / "eval.json").read_text())
+    after = json.loads((tmp_path / "back" / "eval.json").read_text())
+    for key in ("fve", "l0", "frac_alive", "mse"):
+        assert after[key] == pytest.approx(before[key], rel=1e-4, abs=1e-6), key

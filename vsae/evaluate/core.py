@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,12 +72,17 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
 
 
 def checkpoint_table(path: Path, sae: SAE, store: str | None) -> Table:
-    """The table a checkpoint was trained on (in `store`, default the recorded one), checked against d_in."""
+    """The table a checkpoint was trained on (in `store`, default the recorded one), checked against d_in.
+    An imported checkpoint names no table: the store's table at its recorded hook, or the store's only one."""
     prov = read_cfg(path)["provenance"]
     store = store or prov.get("store")
-    if store is None or "store_table" not in prov:
-        raise VsaeError(f"{path} does not record its store and table; pass --store")
-    table = open_table(store, prov["store_table"].split("/")[0], prov["site"], prov["layer"])
+    if store is None:
+        raise VsaeError(f"{path} does not record its store; pass --store")
+    if "store_table" in prov:
+        table = open_table(store, prov["store_table"].split("/")[0], prov["site"], prov["layer"])
+    else:
+        hook = re.fullmatch(r"blocks\.(\d+)\.hook_(\w+)", prov.get("hook_name") or "")
+        table = open_table(store, site=hook[2], layer=int(hook[1])) if hook else open_table(store)
     if table.d != sae.cfg.d_in:
         raise VsaeError(f"{path} has d_in={sae.cfg.d_in} but table {table.path} has d={table.d}")
     return table
