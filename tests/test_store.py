@@ -405,6 +405,26 @@ def test_s3_store_harvest_info_and_train(tiny_model, reference, tmp_path, s3_env
     _assert_same_store(url, reference)
 
 
+def test_gs_store_harvest_and_info(tiny_model, reference, monkeypatch):
+    """gs:// through fsspec/gcsfs against a local GCS emulator: the same store as on disk."""
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="acts")
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        url = "gs://acts/store"
+        proc = _harvest_proc(tiny_model, url, env=dict(os.environ))
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(run_cli("info", url, "--json").output)[0]["complete"]
+        _assert_same_store(url, reference)
+    finally:
+        server.stop()
+
+
 def test_memory_store_through_fsspec(tiny_model):
     url = "memory://vsae-test/acts"
     run_cli(
