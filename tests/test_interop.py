@@ -365,7 +365,7 @@ def test_invariant_import_vsae_gated_only_when_inexact_is_allowed(tmp_path, bias
 
 def test_saelens_folders_written_by_sae_lens_import_or_are_refused(tmp_path):
     """A standard SAE saved by sae_lens itself (decoder rows not unit) imports exactly; an input-normalising
-    SAE and a topk SAE whose rows are not unit are refused with one line, nothing written."""
+    SAE, a topk SAE whose rows are not unit and a damaged cfg.json are refused with one line, nothing written."""
     from sae_lens import SAE as LensSAE
     from sae_lens import StandardSAEConfig
 
@@ -384,10 +384,11 @@ def test_saelens_folders_written_by_sae_lens_import_or_are_refused(tmp_path):
     for case, change in (
         ("normalises", {"normalize_activations": "expected_average_only_in"}),
         ("not unit", {"architecture": "topk", "k": 4}),
+        ("could not be read", None),  # a damaged cfg.json
     ):
         folder = tmp_path / case.replace(" ", "_")
         folder.mkdir()
-        (folder / "cfg.json").write_text(json.dumps(cfg | change))
+        (folder / "cfg.json").write_text("{damaged" if change is None else json.dumps(cfg | change))
         (folder / "sae_weights.safetensors").write_bytes(
             (tmp_path / "std" / "sae_weights.safetensors").read_bytes()
         )

@@ -28,6 +28,18 @@ INEXACT = {
 }
 
 
+def read_reference(file: Path, read):
+    """`read(file)`, with a missing or unreadable file reported in one line."""
+    try:
+        return read(file)
+    except FileNotFoundError as exc:
+        raise VsaeError(f"{file} is missing") from exc
+    except Exception as exc:  # json, pickle and safetensors raise many types for a damaged file
+        raise VsaeError(
+            f"{file} could not be read ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
+
+
 def _t(sd: dict, key: str) -> torch.Tensor:
     if key not in sd:
         raise VsaeError(f"ae.pt has no tensor {key!r} (keys: {', '.join(sorted(sd))})")
@@ -59,7 +71,7 @@ def import_dictionary_learning(
 ) -> Path:
     """Convert `folder` (ae.pt + config.json) into a vsae checkpoint at `out`; returns `out`."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_reference(folder / "config.json", lambda f: json.loads(f.read_text()))
     trainer = config.get("trainer", config)
     dict_class = trainer.get("dict_class")
     trainer_class = trainer.get("trainer_class", "")
@@ -67,7 +79,7 @@ def import_dictionary_learning(
         raise VsaeError(f"{dict_class} has no exact vsae equivalent and is not imported")
     if dict_class in INEXACT and not allow_inexact:
         raise VsaeError(f"{dict_class}: {INEXACT[dict_class]}")
-    sd = torch.load(folder / "ae.pt", map_location="cpu", weights_only=True)
+    sd = read_reference(folder / "ae.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True))
     arch, tensors, overrides, notes = _map(dict_class, trainer_class, trainer, sd, relu_mu)
     variational = "W_enc_logvar" in tensors
     if variational and norm_factor is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vsae.archs.import_dl import write_imported
+from vsae.archs.import_dl import read_reference, write_imported
 from vsae.errors import VsaeError
 
 TENSORS = {
@@ -27,7 +27,7 @@ def is_saelens_folder(folder: Path) -> bool:
 def import_saelens(folder: str | Path, out: str | Path, *, norm_factor: float | None = None) -> Path:
     """Convert the SAELens folder `folder` into a vsae checkpoint at `out`; returns `out`."""
     folder = Path(folder)
-    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg = read_reference(folder / "cfg.json", lambda f: json.loads(f.read_text()))
     arch = cfg.get("architecture", "standard")
     if arch not in TENSORS:
         raise VsaeError(f"SAELens architecture {arch!r} is not imported; importable: {', '.join(TENSORS)}")
@@ -36,7 +36,7 @@ def import_saelens(folder: str | Path, out: str | Path, *, norm_factor: float | 
         raise VsaeError(
             f"{folder} normalises its input ({norm!r}) inside the SAE; vsae imports raw-space SAEs only"
         )
-    weights = load_file(folder / "sae_weights.safetensors")
+    weights = read_reference(folder / "sae_weights.safetensors", load_file)
     missing = [n for n in TENSORS[arch] if n not in weights]
     if missing:
         raise VsaeError(f"{folder}/sae_weights.safetensors lacks {', '.join(missing)} for a {arch} SAE")
