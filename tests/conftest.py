@@ -35,6 +35,16 @@ def run_vsae(*args: str, expect: int = 0, cwd: Path | None = None) -> subprocess
     return proc
 
 
+def assert_same_trainer_state(a: dict, b: dict) -> None:
+    """Model tensors, Adam moments and τ of two trainer states are bitwise equal."""
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for name, state in a["adam"].items():
+        for k, v in state.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["adam"][name][k])), (name, k)
+    assert torch.equal(a["tau"], b["tau"])
+
+
 def torchrun_vsae(*args, env: dict | None = None, nproc: int = 2) -> subprocess.CompletedProcess:
     """`torchrun --nproc-per-node 2 -m vsae.cli ARGS` on a free port, one thread per rank."""
     with socket.socket() as sock:
