@@ -52,15 +52,25 @@ def test_invariant_loss_equals_sum_of_the_seven_terms(name, ov, x):
     assert torch.isfinite(out["loss"])
 
 
-def test_invariant_vsae_topk_var0_equals_topk_abs_plus_l2(x):
+@pytest.mark.parametrize("scope", ["selected", "all"])
+def test_invariant_vsae_topk_var0_equals_topk_abs_plus_l2(x, scope):
     beta = 0.3
     base = make("topk", topk_mode="abs", relu_mu=False)
-    var = make("vsae_topk", var_flag=0, kl_coeff=beta)
+    var = make("vsae_topk", var_flag=0, kl_coeff=beta, kl_scope=scope)
     c = ctx(kl_scale=0.5)
     lb, lv = base.loss_terms(x, c), var.loss_terms(x, c)
-    mu = (x - var.b_dec) @ var.W_enc + var.b_enc
-    expected = lb["loss"] + beta * 0.5 * 0.5 * mu.square().sum(-1).mean()
+    mu = ((x - var.b_dec) @ var.W_enc + var.b_enc).detach()
+    # the selected set, from a stable descending sort of |μ| (lower index wins ties)
+    order = torch.sort(-mu.abs(), dim=-1, stable=True).indices[:, :4]
+    weight = torch.zeros_like(mu).scatter_(-1, order, 1.0) if scope == "selected" else torch.ones_like(mu)
+    expected = lb["loss"] + beta * 0.5 * 0.5 * (weight * mu.square()).sum(-1).mean()
     torch.testing.assert_close(lv["loss"], expected, rtol=1e-5, atol=1e-6)
+    # with β = 0 the two are the same model: identical gradients for every shared parameter
+    zero = make("vsae_topk", var_flag=0, kl_coeff=0.0, kl_scope=scope)
+    base.loss_terms(x, c)["loss"].backward()
+    zero.loss_terms(x, c)["loss"].backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(zero, name).grad, getattr(base, name).grad)
 
 
 def test_invariant_vsae_iso_beta0_equals_standard(x):
@@ -227,7 +237,7 @@ def test_invariant_topk_counts(mode, x):
     m = make("topk", topk_mode=mode, relu_mu=mode == "value")
     z = (x - m.b_dec) @ m.W_enc + m.b_enc
     mu = torch.relu(z) if mode == "value" else z
-    f, _ = m._train_code(mu, None)
+    f, _ = m._train_code(mu, mu, None)
     nnz = (f != 0).sum(-1)
     if mode == "value":
         assert torch.equal(nnz, torch.clamp((mu > 0).sum(-1), max=4))
@@ -245,7 +255,7 @@ def test_invariant_batchtopk_on_3d_input():
     x3 = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(0))
     xt = m._centre(x3.reshape(-1, D))
     mu = torch.relu(xt @ m.W_enc + m.b_enc)
-    f, _ = m._train_code(mu, None)
+    f, _ = m._train_code(mu, mu, None)
     assert int((f != 0).sum()) == min(4 * 15, int((mu > 0).sum()))
     assert int((m.encode(x3) != 0).sum()) <= 4 * 15
 

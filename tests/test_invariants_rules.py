@@ -181,45 +181,60 @@ def test_invariant_evaluation_uses_threshold_rule_independent_of_batch_size(tmp_
     write_checkpoint(tmp_path / "ck", m, 1.0, {"provenance": {}})
 
 
-def test_invariant_sampled_threshold_inference_acts_on_z():
-    m = make("vsae_topk", inference="threshold", log_var_init=-1.0)
+@pytest.mark.parametrize("site", ["mean", "sample"])
+def test_invariant_sampled_threshold_inference_acts_on_z(site):
+    m = make("vsae_topk", inference="threshold", log_var_init=-1.0, selection_site=site)
     with torch.no_grad():
         m.threshold.fill_(0.2)
     x = x_batch()
     g = torch.Generator().manual_seed(0)
-    xt = m._centre(x)
-    mu, _ = m._mean(xt)
-    z = m._sample(mu, m._log_var(xt)[0], torch.Generator().manual_seed(0))
-    torch.testing.assert_close(m.encode(x, sample=True, generator=g), z * (z.abs() > 0.2))
+    mu = (x - m.b_dec) @ m.W_enc + m.b_enc  # abs mode: μ = u
+    sigma = torch.exp(0.5 * ((x - m.b_dec) @ m.W_enc_logvar + m.b_enc_logvar))
+    z = mu + sigma * torch.randn(mu.shape, generator=torch.Generator().manual_seed(0))
+    gate = mu if site == "mean" else z
+    got = m.encode(x, sample=True, generator=g)
+    torch.testing.assert_close(got, z * (gate.abs() > 0.2))
     det = make("vsae_topk", inference="threshold", var_flag=0)
     with torch.no_grad():
         det.threshold.fill_(0.2)
     assert torch.equal(det.encode(x, sample=True, generator=torch.Generator()), det.encode(x))
 
 
+def _stable_top(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Reference selection: the k largest of each row by a stable descending sort (lower index wins)."""
+    order = torch.sort(-score, dim=-1, stable=True).indices[..., :k]
+    return torch.zeros_like(score).scatter_(-1, order, 1.0)
+
+
+def _jumprelu_scope(m, x):
+    return (((x - m.b_dec * m.cfg.apply_b_dec_to_input) @ m.W_enc + m.b_enc) > m.threshold).float()
+
+
+def _batch_scope(m, x):
+    u = (x - m.b_dec) @ m.W_enc + m.b_enc
+    return _stable_top(u.abs().reshape(1, -1), 4 * x.shape[0]).reshape(u.shape)
+
+
 @pytest.mark.parametrize(
     "name,base,scope_fn",
     [
-        ("vsae_gated", "gated", lambda m, x: (m._mean(m._centre(x))[1] > 0).float()),
-        ("vsae_jumprelu", "jumprelu", None),
-        ("vsae_batchtopk", "batchtopk", None),
+        ("vsae_gated", "gated", lambda m, x: (((x - m.b_dec) @ m.W_enc + m.b_gate) > 0).float()),
+        ("vsae_jumprelu", "jumprelu", _jumprelu_scope),
+        ("vsae_batchtopk", "batchtopk", _batch_scope),
     ],
 )
 def test_invariant_base_equalities_var0(name, base, scope_fn):
     beta = 0.2
-    extra = (
-        {"topk_mode": "abs", "relu_mu": False}
-        if base == "batchtopk"
-        else ({"relu_mu": False} if base == "jumprelu" else {})
-    )
+    extra = {"topk_mode": "abs", "relu_mu": False} if base == "batchtopk" else {}
     b = make(base, **extra)
-    v = make(name, var_flag=0, kl_coeff=beta)
     x = x_batch()
     c = ctx(kl_scale=0.5)
-    mu = v._mean(v._centre(x))[0]
-    weight = scope_fn(v, x) if scope_fn else torch.ones_like(mu)
-    expected = b.loss_terms(x, c)["loss"] + beta * 0.5 * 0.5 * (weight * mu.square()).sum(-1).mean()
-    torch.testing.assert_close(v.loss_terms(x, c)["loss"], expected, rtol=1e-5, atol=1e-6)
+    for scope in ("selected", "all"):
+        v = make(name, var_flag=0, kl_coeff=beta, kl_scope=scope)
+        mu = v._mean(v._centre(x))[0].detach()
+        weight = scope_fn(v, x) if scope == "selected" else torch.ones_like(mu)
+        expected = b.loss_terms(x, c)["loss"] + beta * 0.5 * 0.5 * (weight * mu.square()).sum(-1).mean()
+        torch.testing.assert_close(v.loss_terms(x, c)["loss"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_invariant_vsae_topk_selected_scope_charges_selected_only():
@@ -228,7 +243,7 @@ def test_invariant_vsae_topk_selected_scope_charges_selected_only():
     x = x_batch()
     out = v.loss_terms(x, ctx())
     mu = v._mean(v._centre(x))[0]
-    _, mask = v._train_code(mu, None)
+    _, mask = v._train_code(mu, mu, None)
     torch.testing.assert_close(out["raw"]["kl"], 0.5 * (mask * mu.square()).sum(-1).mean())
 
 
@@ -248,9 +263,9 @@ def test_invariant_auxk_residual_detached_and_no_b_dec():
     raw = {}
     xt = m._centre(x)
     z = m._mean(xt)[0]
-    f, _ = m._train_code(z, None)
+    f, _ = m._train_code(z, z, None)
     x_hat = m.decode(f)
-    aux = m._auxk(x, x_hat, z, dead, raw)
+    aux = m._auxk(x, x_hat, z, z, dead, raw)
     from vsae.archs.select import topk_mask
 
     e = (x - x_hat).detach()

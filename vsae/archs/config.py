@@ -90,7 +90,9 @@ class SAEConfig:
     prior_std: float = 1.0
     """s of the per-latent-mean prior."""
     kl_scope: str = "all"
-    """Latents the KL charges: all or selected (the training active mask)."""
+    """Latents the KL charges: all or selected (the training active mask M; for relu, μ > 0)."""
+    selection_site: str = "mean"
+    """Where selection, gating and the JumpReLU step look: mean (μ, f = M(μ) ⊙ z) or sample (z, unstable)."""
     noise_budget: float = 0.05
     """δ: decoded noise power the default β aims at, in units of E‖x‖² (§2.2)."""
     kl_coeff: float | None = None
@@ -126,6 +128,8 @@ class SAEConfig:
     @classmethod
     def from_dict(cls, data: dict) -> SAEConfig:
         data = {k: v for k, v in data.items() if k != "is_variational"}
+        # a cfg.json written before the site rule existed was trained with selection on the sample
+        data.setdefault("selection_site", "sample")
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise VsaeError(f"unknown model keys in cfg.json: {sorted(unknown)}")
@@ -164,6 +168,7 @@ def validate(cfg: SAEConfig) -> None:
         "prior": ("iso", "equicorr", "permean"),
         "kl_scope": ("all", "selected"),
         "sparsity_penalty": ("l1", "lp_p"),
+        "selection_site": ("mean", "sample"),
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:

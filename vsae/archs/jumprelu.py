@@ -11,18 +11,20 @@ def _rect(v: torch.Tensor) -> torch.Tensor:
 
 class _JumpReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, theta, h):
-        ctx.save_for_backward(u, theta)
+    def forward(ctx, z, site, theta, h):
+        ctx.save_for_backward(z, site, theta)
         ctx.h = h
-        return u * (u > theta).to(u.dtype)
+        return z * (site > theta).to(z.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        u, theta = ctx.saved_tensors
+        z, site, theta = ctx.saved_tensors
         h = ctx.h
-        grad_u = grad * (u > theta).to(u.dtype)
-        grad_theta = (grad * -(theta / h) * _rect((u - theta) / h)).reshape(-1, u.shape[-1]).sum(0)
-        return grad_u, grad_theta, None
+        grad_z = grad * (site > theta).to(z.dtype)
+        # the jump at site = θ has height θ + (z − site): θ for the deterministic gate, θ + σε under noise
+        height = theta + (z - site)
+        grad_theta = (grad * -(height / h) * _rect((site - theta) / h)).reshape(-1, z.shape[-1]).sum(0)
+        return grad_z, None, grad_theta, None
 
 
 class _Step(torch.autograd.Function):
@@ -40,9 +42,12 @@ class _Step(torch.autograd.Function):
         return torch.zeros_like(u), grad_theta, None
 
 
-def jumprelu(u: torch.Tensor, theta: torch.Tensor, h: float) -> torch.Tensor:
-    """f = u ⊙ H(u − θ); ∂f/∂u = H(u − θ), ∂f/∂θ = −(θ/h) rect((u − θ)/h)."""
-    return _JumpReLU.apply(u, theta, h)
+def jumprelu(z: torch.Tensor, theta: torch.Tensor, h: float, site: torch.Tensor | None = None) -> torch.Tensor:
+    """f = z ⊙ H(s − θ) with the gate decided on the site s (default z itself: the plain JumpReLU).
+
+    ∂f/∂z = H(s − θ); ∂f/∂θ = −((θ + z − s)/h) rect((s − θ)/h), the jump height at s = θ (θ/h when
+    z is s); s itself gets no gradient through the gate, as u gets none through the jump in §5.6."""
+    return _JumpReLU.apply(z, z if site is None else site, theta, h)
 
 
 def step(u: torch.Tensor, theta: torch.Tensor, h: float) -> torch.Tensor:

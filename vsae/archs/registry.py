@@ -65,7 +65,7 @@ _SPECS = [
     ArchSpec(
         "jumprelu",
         "JumpReLU SAE with an L0 target (Rajamanoharan et al. 2024b)",
-        {"sparsifier": "jumprelu", "apply_b_dec_to_input": False, "l1_coeff": 1.0},
+        {"sparsifier": "jumprelu", "apply_b_dec_to_input": False, "l1_coeff": 1.0, "relu_mu": False},
         {"betas": (0.0, 0.999)},
         lr=7e-5,
     ),
@@ -83,8 +83,8 @@ _SPECS = [
     ArchSpec("vsae_iso", "VSAE, isotropic prior, sparse ReLU mean + L1", {}, base="standard", n_dec="F"),
     ArchSpec(
         "vsae_topk",
-        "VSAE, top-k on |z| (signed codes)",
-        {"topk_mode": "abs", "relu_mu": False},
+        "VSAE, top-k on |μ| with the noise on the selected entries (signed codes)",
+        {"topk_mode": "abs", "relu_mu": False, "kl_scope": "selected"},
         base="topk",
         n_dec="k",
     ),
@@ -97,8 +97,8 @@ _SPECS = [
     ),
     ArchSpec(
         "vsae_jumprelu",
-        "VSAE, noise before the JumpReLU gate",
-        {"relu_mu": False},
+        "VSAE, JumpReLU gate on μ with the noise on the open entries",
+        {"relu_mu": False, "kl_scope": "selected"},
         base="jumprelu",
         n_dec="l0_target",
     ),
@@ -111,8 +111,8 @@ _SPECS = [
     ),
     ArchSpec(
         "vsae_batchtopk",
-        "VSAE, batch top-k on |z|",
-        {"topk_mode": "abs", "relu_mu": False},
+        "VSAE, batch top-k on |μ| with the noise on the selected entries",
+        {"topk_mode": "abs", "relu_mu": False, "kl_scope": "selected"},
         base="batchtopk",
         n_dec="k",
     ),

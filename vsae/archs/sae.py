@@ -40,6 +40,22 @@ class StepContext:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Posterior:
+    """Per-token posterior quantities of a training-space model on flattened tokens (read by evaluation)."""
+
+    mu: Tensor
+    """Posterior mean μ [N, F] (gated models: the magnitude mean)."""
+    mask: Tensor
+    """Active mask of the deterministic training code f_det = S(μ) (selection on μ)."""
+    pi_gate: Tensor | None = None
+    """Gate pre-activation (gated models only)."""
+    log_var: Tensor | None = None
+    """Clamped log-variance ℓ (var_flag = 1 only)."""
+    log_var_pre: Tensor | None = None
+    """ℓ before the clamp (for the bound monitor)."""
+
+
 class SAE(nn.Module):
     """One sparse (or variational sparse) autoencoder; `space` is 'normalized' (training) or 'raw'."""
 
@@ -140,47 +156,80 @@ class SAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
         return mu + torch.exp(0.5 * ell) * eps
 
-    def _train_code(self, z: Tensor, pi_gate: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Training sparsifier f = S(z) and its active mask M (§2.3)."""
+    def _site(self, mu: Tensor, z: Tensor) -> Tensor:
+        """What selection, gating and the JumpReLU step look at: μ (default) or the sample z (§2.1)."""
+        return z if self.cfg.selection_site == "sample" else mu
+
+    def _active_mask(self, site: Tensor, mu: Tensor, pi_gate: Tensor | None) -> Tensor:
+        """The training rule's active mask M (§2.3), decided on `site`; relu: μ > 0 whatever the site."""
         cfg = self.cfg
         if cfg.sparsifier == "relu":
-            return z, z != 0
+            return mu > 0
         if cfg.sparsifier == "gate":
-            g = pi_gate > 0
-            return z * g, g
+            return pi_gate > 0
         if cfg.sparsifier == "jumprelu":
-            return jumprelu(z, self.threshold, cfg.bandwidth), z > self.threshold
-        score, positive = scores(z, cfg.topk_mode)
+            return site > self.threshold
+        score, positive = scores(site, cfg.topk_mode)
         pick = topk_mask if cfg.sparsifier == "topk" else batch_topk_mask
-        mask = pick(score, None, cfg.k, positive)
+        return pick(score, None, cfg.k, positive)
+
+    def _train_code(self, mu: Tensor, z: Tensor, pi_gate: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Training code f = M ⊙ z with M decided at the selection site, and M (§2.1, §2.3).
+
+        relu keeps the dense code f = z (its ReLU is on μ); jumprelu's gate carries the STE of §5.6."""
+        cfg = self.cfg
+        site = self._site(mu, z)
+        mask = self._active_mask(site, mu, pi_gate)
+        if cfg.sparsifier == "relu":
+            return z, mask
+        if cfg.sparsifier == "jumprelu":
+            return jumprelu(z, self.threshold, cfg.bandwidth, site), mask
         return z * mask, mask
 
-    def _infer_code(self, z: Tensor, pi_gate: Tensor | None) -> Tensor:
-        """Inference rule on μ (or on the sample z when sample=True)."""
+    def _infer_code(self, site: Tensor, values: Tensor, mu: Tensor, pi_gate: Tensor | None) -> Tensor:
+        """Inference rule: the mask is decided on `site`, the returned entries are `values` (μ, or z when
+        sampling); the top-k family uses its learned θ where configured (§3.5)."""
         cfg = self.cfg
         if cfg.sparsifier == "jumprelu":
-            return z * (z > self.threshold)
+            return values * (site > self.threshold)
         if cfg.topk_family:
             wants_threshold = cfg.sparsifier == "batchtopk" or cfg.inference == "threshold"
             if wants_threshold and bool((self.threshold >= 0).all()):
-                score, _ = scores(z, cfg.topk_mode)
-                return z * (score > self.threshold)
+                score, _ = scores(site, cfg.topk_mode)
+                return values * (score > self.threshold)
             if wants_threshold and cfg.sparsifier == "batchtopk" and not self._fallback_warned:
                 warnings.warn(
                     "threshold unset: inference falls back to batch top-k over this call's tokens",
                     stacklevel=2,
                 )
                 self._fallback_warned = True
-        return self._train_code(z, pi_gate)[0]
+        if cfg.sparsifier == "relu":
+            return values
+        return values * self._active_mask(site, mu, pi_gate)
 
     # ---------------------------------------------------------------- inference API (§3.1)
     def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
         shape = x.shape
         xt = self._centre(x.reshape(-1, shape[-1]))
         mu, pi_gate = self._mean(xt)
+        values = mu
         if sample and self.cfg.is_variational:
-            mu = self._sample(mu, self._log_var(xt)[0], generator)
-        return self._infer_code(mu, pi_gate).reshape(*shape[:-1], self.cfg.d_sae)
+            values = self._sample(mu, self._log_var(xt)[0], generator)
+        code = self._infer_code(self._site(mu, values), values, mu, pi_gate)
+        return code.reshape(*shape[:-1], self.cfg.d_sae)
+
+    def posterior(self, x: Tensor) -> Posterior:
+        """μ, the f_det mask and (var_flag = 1) ℓ for the flattened tokens of x, in the model's space."""
+        xt = self._centre(x.reshape(-1, self.cfg.d_in))
+        mu, pi_gate = self._mean(xt)
+        post = Posterior(mu=mu, mask=self._active_mask(mu, mu, pi_gate), pi_gate=pi_gate)
+        if self.cfg.is_variational:
+            post.log_var, post.log_var_pre = self._log_var(xt)
+        return post
+
+    def kl_per_token(self, post: Posterior) -> Tensor:
+        """The unweighted per-token KL of the configured prior and scope (mask = f_det's) [N]."""
+        return self._kl(post.mu, post.log_var, post.mask, self.dec_norms())
 
     def decode(self, f: Tensor) -> Tensor:
         return f @ self.W_dec + self.b_dec
@@ -205,21 +254,23 @@ class SAE(nn.Module):
         if cfg.is_variational:
             ell, ell_pre = self._log_var(xt)
             z = self._sample(mu, ell, ctx.generator)
-        f, mask = self._train_code(z, pi_gate)
-        x_hat = sparse_decode(f, mask, self.W_dec) + self.b_dec
+        f, mask = self._train_code(mu, z, pi_gate)
+        site = self._site(mu, z)
+        support = f.detach() != 0 if cfg.sparsifier == "relu" else mask  # relu: M = μ > 0 is not f's support
+        x_hat = sparse_decode(f, support, self.W_dec) + self.b_dec
         raw: dict[str, Tensor] = {}
         terms = dict.fromkeys(TERM_KEYS, torch.zeros((), device=x.device))
         terms["rec"] = self._reconstruction(x, x_hat, f, raw)
         norms = self.dec_norms()
-        self._sparsity_terms(x, z, mu, pi_gate, norms, ctx, terms, raw)
+        self._sparsity_terms(x, site, mu, pi_gate, norms, ctx, terms, raw)
         if cfg.topk_family:
-            terms["auxk"] = cfg.auxk_coeff * self._auxk(x, x_hat, z, ctx.dead, raw)
+            terms["auxk"] = cfg.auxk_coeff * self._auxk(x, x_hat, site, z, ctx.dead, raw)
         if cfg.variational:
             kl = self._kl(mu, ell, mask, norms).mean()
             raw["kl"] = kl.detach()
             terms["kl"] = cfg.kl_coeff * ctx.kl_scale * kl
         with torch.no_grad():
-            f_det, mask_det = self._train_code(mu, pi_gate) if cfg.is_variational else (f.detach(), mask)
+            f_det, mask_det = self._deterministic_code(mu, pi_gate, f, mask)
         out = {
             "loss": sum(terms.values()),
             "terms": terms,
@@ -240,6 +291,15 @@ class SAE(nn.Module):
         if self.p_state is not None:
             out["stats"]["p_pair"] = self.p_state.pair(f.detach(), norms.detach())
         return out
+
+    def _deterministic_code(self, mu: Tensor, pi_gate: Tensor | None, f: Tensor, mask: Tensor):
+        """f_det = S(μ) and its mask: at the mean site the mask is the training mask already; under the
+        sample site it takes one more selection on μ."""
+        if not self.cfg.is_variational:
+            return f.detach(), mask
+        if self.cfg.selection_site == "sample":
+            mask = self._active_mask(mu, mu, pi_gate)
+        return (mu if self.cfg.sparsifier == "relu" else mu * mask), mask
 
     def _reconstruction(self, x: Tensor, x_hat: Tensor, f: Tensor, raw: dict) -> Tensor:
         """Mean over tokens of ‖x − x̂‖²; matryoshka: the weighted sum over prefix reconstructions."""
@@ -269,8 +329,9 @@ class SAE(nn.Module):
         g = len(self.cfg.group_fractions)
         return list(self.cfg.group_weights) or [1.0 / g] * g
 
-    def _sparsity_terms(self, x, z, mu, pi_gate, norms, ctx, terms, raw) -> None:
-        """L1 (relu/gate), Lp (panneal), L0 (jumprelu) and the gated auxiliary reconstruction."""
+    def _sparsity_terms(self, x, site, mu, pi_gate, norms, ctx, terms, raw) -> None:
+        """L1 (relu/gate), Lp (panneal), L0 (jumprelu, counted at the selection site) and the gated
+        auxiliary reconstruction."""
         cfg = self.cfg
         s = ctx.sparsity_scale
         if cfg.sparsifier == "gate":
@@ -292,18 +353,21 @@ class SAE(nn.Module):
             raw["l1"] = l1.detach()
             terms["l1"] = cfg.l1_coeff * s * l1
         elif cfg.sparsifier == "jumprelu":
-            l0 = step(z, self.threshold, cfg.bandwidth).sum(dim=-1).mean()
+            l0 = step(site, self.threshold, cfg.bandwidth).sum(dim=-1).mean()
             raw["l0"] = l0.detach()
             penalty = (l0 / cfg.l0_target - 1).square() if cfg.l0_mode == "target" else l0
             terms["l0"] = cfg.l1_coeff * s * penalty
 
-    def _auxk(self, x: Tensor, x_hat: Tensor, z: Tensor, dead: Tensor | None, raw: dict) -> Tensor:
-        """AuxK (§3.4): dead latents reconstruct the detached residual; exactly 0 with none dead."""
+    def _auxk(
+        self, x: Tensor, x_hat: Tensor, site: Tensor, z: Tensor, dead: Tensor | None, raw: dict
+    ) -> Tensor:
+        """AuxK (§3.4): dead latents, ranked at the selection site, reconstruct the detached residual with
+        their sampled values; exactly 0 with none dead."""
         if dead is None or not bool(dead.any()):
             raw["auxk"] = torch.zeros((), device=x.device)
             return torch.zeros((), device=x.device)
         e = (x - x_hat).detach()
-        score, positive = scores(z, self.cfg.topk_mode)
+        score, positive = scores(site, self.cfg.topk_mode)
         k_aux = min(self.cfg.resolved_aux_k, int(dead.sum()))
         mask = topk_mask(score, dead.expand_as(score), k_aux, positive)
         e_hat = (z * mask) @ self.W_dec

@@ -104,22 +104,19 @@ def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig) -> dict:
         f = sae.encode(x)
         acc.update(x, sae.decode(f), f)
         fired |= (f != 0).any(dim=0)
-        xn = x / c
-        xt = norm._centre(xn)
-        mu, pi_gate = norm._mean(xt)
-        extra["l0_train_rule"] += float((norm._train_code(mu, pi_gate)[1]).sum())
+        post = norm.posterior(x / c)
+        extra["l0_train_rule"] += float(post.mask.sum())
         if sae.cfg.variational:
-            ell = None
             if sae.cfg.is_variational:
-                ell, pre = norm._log_var(xt)
-                extra["sigma"] += float((torch.exp(0.5 * ell) * norm.dec_norms()).mean(dim=-1).sum())
+                sigma = torch.exp(0.5 * post.log_var) * norm.dec_norms()
+                extra["sigma"] += float(sigma.mean(dim=-1).sum())
+                pre = post.log_var_pre
                 extra["at_bound"] += float(
                     ((pre <= norm.logvar_min) | (pre >= norm.logvar_max)).float().mean(-1).sum()
                 )
                 fs = sae.encode(x, sample=True, generator=gen)
                 acc_sample.update(x, sae.decode(fs), fs)
-            mask = norm._train_code(mu, pi_gate)[1]
-            extra["kl"] += float(norm._kl(mu, ell, mask, norm.dec_norms()).sum())
+            extra["kl"] += float(norm.kl_per_token(post).sum())
     n = stop - start
     core = acc.result()
     out = {

@@ -435,6 +435,12 @@ def _announce(runs: list[SAERun], table: Table, c: float, total: int) -> None:
     for run in runs:
         cfg = run.cfg
         line = f"  {run.out.name}: {cfg.architecture} F={cfg.d_sae} lr={run.lr:.3g}"
+        if cfg.variational and cfg.selection_site == "sample":
+            log.warning(
+                "%s: selection_site=sample selects on the noisy sample (the reference fork's rule); "
+                "it is unstable at every δ-level noise, use selection_site=mean unless reproducing the fork",
+                run.out.name,
+            )
         if cfg.is_variational:
             power = predicted_noise_power(cfg)
             line += f" β={cfg.kl_coeff:.3g} predicted decoded noise {power:.3g}·E‖x‖²"
