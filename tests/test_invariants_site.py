@@ -44,7 +44,7 @@ def stable_top(score: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(score).scatter_(-1, order, 1.0).bool()
 
 
-def reference(m: SAE, x: torch.Tensor, eps: torch.Tensor, site: str = "mean") -> dict:
+def reference(m: SAE, x: torch.Tensor, eps: torch.Tensor, site: str = "mean", dead=None) -> dict:
     """The loss of a var_flag = 1 model written from the formulas: selection on μ (or z), f = M ⊙ z."""
     w = {k: v.detach() for k, v in m.state_dict().items()}
     cfg = m.cfg
@@ -78,6 +78,12 @@ def reference(m: SAE, x: torch.Tensor, eps: torch.Tensor, site: str = "mean") ->
     out["kl"] = 0.5 * (scope * (mu.square() + torch.expm1(ell) - ell)).sum(-1).mean()
     out["x_hat"] = f @ w["W_dec"] + w["b_dec"]
     out["rec"] = (x - out["x_hat"]).square().sum(-1).mean()
+    if dead is not None and cfg.sparsifier in ("topk", "batchtopk"):  # AuxK, ranked at the site
+        e = x - out["x_hat"]
+        k_aux = min(cfg.resolved_aux_k, int(dead.sum()))
+        picked = stable_top(torch.where(dead, s.abs(), -torch.inf), k_aux)
+        e_hat = (z * picked) @ w["W_dec"]
+        out["auxk"] = (e - e_hat).square().sum() / (e - e.mean(0)).square().sum()
     out |= {"f": f, "mask": mask, "mu": mu, "sigma": torch.exp(ell / 2), "z": z}
     return out
 
@@ -93,13 +99,14 @@ def test_invariant_vsae_loss_terms_equal_the_formulas(name, site):
     """Every term of a var_flag = 1 model recomputed from its weights (test 23 for the VSAEs)."""
     m = make(name, log_var_init=-3.0, selection_site=site)
     x = x_batch()
-    out = m.loss_terms(x, ctx(seed=7, kl_scale=0.5, sparsity_scale=0.25))
-    ref = reference(m, x, eps_of(7, x.shape[0]), site)
+    dead = torch.arange(F) % 3 == 0
+    out = m.loss_terms(x, ctx(seed=7, kl_scale=0.5, sparsity_scale=0.25, dead=dead))
+    ref = reference(m, x, eps_of(7, x.shape[0]), site, dead)
     torch.testing.assert_close(out["x_hat"], ref["x_hat"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["raw"]["rec"], ref["rec"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["raw"]["kl"], ref["kl"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["terms"]["kl"], m.cfg.kl_coeff * 0.5 * ref["kl"], rtol=1e-5, atol=1e-9)
-    for key in ("l0", "l1", "aux_gate"):
+    for key in ("l0", "l1", "aux_gate", "auxk"):
         if key in ref:
             torch.testing.assert_close(out["raw"][key], ref[key], rtol=1e-5, atol=1e-6)
 
@@ -131,14 +138,26 @@ def test_invariant_sample_site_is_a_real_option(name):
     assert not torch.equal(out["f_sample"] != 0, out["mask_det"])
 
 
-def test_invariant_relu_selected_scope_is_mu_positive():
+@pytest.mark.parametrize("site", ["mean", "sample"])
+def test_invariant_relu_selected_scope_is_mu_positive(site):
     """Scope selected with relu charges μ > 0 only (not z ≠ 0, which is every latent under noise)."""
-    m = make("vsae_iso", log_var_init=-2.0, kl_scope="selected")
+    m = make("vsae_iso", log_var_init=-2.0, kl_scope="selected", selection_site=site)
     x = x_batch()
     out = m.loss_terms(x, ctx(seed=2))
-    ref = reference(m, x, eps_of(2, x.shape[0]))
+    ref = reference(m, x, eps_of(2, x.shape[0]), site)
     torch.testing.assert_close(out["raw"]["kl"], ref["kl"], rtol=1e-5, atol=1e-6)
     assert 0 < float(ref["mask"].float().mean()) < 0.9
+
+
+def test_registry_defaults_of_the_site_rule():
+    """Sparse-decode VSAEs charge the selected latents, dense ones all; every model selects on μ;
+    jumprelu's step sees u itself (no ReLU)."""
+    scope = {"vsae_topk": "selected", "vsae_batchtopk": "selected", "vsae_jumprelu": "selected"}
+    scope |= {"vsae_gated": "selected", "vsae_iso": "all", "vsae_multi": "all"}
+    for name, expected in scope.items():
+        cfg = build_config(name, D, F, {"k": K} if "topk" in name else {})
+        assert (cfg.kl_scope, cfg.selection_site) == (expected, "mean"), name
+    assert build_config("jumprelu", D, F).relu_mu is False
 
 
 def test_invariant_training_samples_through_the_model():
