@@ -259,15 +259,22 @@ def eval_(
 def info(
     store: Annotated[str, typer.Argument(help="Store root (local path or fsspec URL).")] = "./acts",
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    verify: Annotated[
+        bool, typer.Option(help="Read every stored object and check its checksum (slow: reads the store).")
+    ] = False,
 ) -> None:
-    """List the tables of a store: model, site, layer, tokens, dtype, size on disk, provenance."""
+    """List the tables of a store: model, site, layer, tokens, dtype, size on disk, provenance; a lost
+    object is always reported, a damaged one with --verify (exit 1 when any table is damaged)."""
     from vsae.store.info import describe, info_table
 
-    rows = describe(store)
+    rows = describe(store, verify=verify)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
         results_console.print(info_table(store, rows))
+    damaged = [f"{r['table']}: {r['damage']}" for r in rows if r["damage"]]
+    if damaged:
+        raise VsaeError(f"damaged table {damaged[0]}" + (f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""))
 
 
 @app.command()

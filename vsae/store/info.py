@@ -7,6 +7,8 @@ from rich.table import Table as RichTable
 
 from vsae.store.layout import open_root
 from vsae.store.table import list_tables
+from vsae.errors import VsaeError
+from vsae.store.verify import check_present, verify_table
 from vsae.store.writer import committed_tokens
 
 
@@ -15,14 +17,26 @@ def _bytes_on_disk(store: str, path: str) -> int:
     return int(fs.du(f"{root.rstrip('/')}/{path}", total=True))
 
 
-def describe(store: str) -> list[dict]:
-    """One dict per table: identity, size, dtype, split, provenance."""
+def _damage(group, path: str, verify: bool) -> tuple[str | None, int | None]:
+    """(what is wrong or None, objects decoded): presence always, every checksum with verify."""
+    try:
+        if verify:
+            return None, verify_table(group, path)
+        check_present(group, path)
+    except VsaeError as exc:
+        return str(exc).split(": ", 1)[1], None
+    return None, None
+
+
+def describe(store: str, verify: bool = False) -> list[dict]:
+    """One dict per table: identity, size, dtype, split, provenance, damage (verify: every checksum)."""
     root = open_root(store, "r")
     rows = []
     for path in list_tables(root):
         group = root[path]
         attrs = dict(group.attrs)
         complete = bool(attrs.get("complete"))
+        damage, checked = _damage(group, path, verify) if complete else (None, None)
         n = attrs["n_tokens"] if complete else committed_tokens(group)
         d = group["activations"].shape[1]
         on_disk = _bytes_on_disk(store, path)
@@ -36,6 +50,8 @@ def describe(store: str) -> list[dict]:
                 "layer": prov.get("layer"),
                 "hook_name": prov.get("hook_name"),
                 "complete": complete,
+                "damage": damage,
+                "objects_verified": checked,
                 "tokens": int(n),
                 "d": int(d),
                 "dtype": attrs.get("dtype"),
@@ -64,7 +80,9 @@ def info_table(store: str, rows: list[dict]) -> RichTable:
         (
             "status",
             lambda r: (
-                "complete"
+                f"damaged: {r['damage']}"
+                if r["damage"]
+                else "complete" + (f" (verified {r['objects_verified']} objects)" if r["objects_verified"] else "")
                 if r["complete"]
                 else f"partial ({r['tokens']:,} of {r['progress']['of']:,} tokens)"
             ),

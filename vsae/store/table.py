@@ -11,6 +11,7 @@ import zarr
 
 from vsae.errors import VsaeError
 from vsae.store.layout import from_storage, open_root
+from vsae.store.verify import check_present
 
 
 class Table:
@@ -22,6 +23,7 @@ class Table:
         self.attrs = dict(group.attrs)
         if not self.attrs.get("complete"):
             raise VsaeError(f"table {path} is not complete; finish it with `vsae harvest` (it resumes)")
+        check_present(group, path)
         self.acts = group["activations"]
         self.n_tokens, self.d = self.acts.shape
         self.dtype = self.attrs["dtype"]
