@@ -46,8 +46,8 @@ def _torchrun(store, out, dump, *args):
 def test_invariant_data_parallel_ranks_stay_identical(synth, tmp_path, arch, args):
     _torchrun(synth, tmp_path / "out", tmp_path / "dump", "--arch", arch, *args)
     name = next((tmp_path / "out").iterdir()).name
-    r0 = torch.load(tmp_path / "dump" / f"{name}.rank0.pt", weights_only=False)
-    r1 = torch.load(tmp_path / "dump" / f"{name}.rank1.pt", weights_only=False)
+    r0 = torch.load(tmp_path / "dump" / f"{name}.rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "dump" / f"{name}.rank1.pt", weights_only=True)
     assert_same_trainer_state(r0, r1)
     assert not torch.equal(r0["eps_generator"], r1["eps_generator"])  # per-rank noise streams
     cfg = (tmp_path / "out" / name / "cfg.json").read_text()

@@ -56,8 +56,8 @@ def test_invariant_exact_resume(synth, tmp_path, arch):
         resume=True,
         show_progress=False,
     )
-    a = torch.load(full / "trainer_state.pt", weights_only=False)
-    b = torch.load(part / "trainer_state.pt", weights_only=False)
+    a = torch.load(full / "trainer_state.pt", weights_only=True)
+    b = torch.load(part / "trainer_state.pt", weights_only=True)
     assert_same_trainer_state(a, b)
     assert a["p_state"] == b["p_state"]
 
@@ -94,7 +94,7 @@ def test_invariant_unit_norm_kept_and_b_dec_free(synth, tmp_path):
 
 def test_invariant_dead_counters_and_t_dead(synth, tmp_path):
     run = _train(synth, tmp_path, "topk", steps=3)
-    state = torch.load(run / "trainer_state.pt", weights_only=False)
+    state = torch.load(run / "trainer_state.pt", weights_only=True)
     assert int(state["tau"].max()) <= 3 * 256 and int(state["tau"].min()) >= 0
     cfg = json.loads((run / "cfg.json").read_text())
     assert cfg["training"]["derived"]["T_dead"] == 256  # max(N, floor(0.1·3·256)) = 256

@@ -40,9 +40,10 @@ def convert_space(model: SAE, c: float, to: str) -> SAE:
     return out
 
 
-def atomic_dir(target: Path, keep: tuple[str, ...] = ("metrics.jsonl", "checkpoints")):
-    """Context manager: write into a temp folder beside `target`, then swap it into place (entries
-    named in `keep` move over from the folder it replaces)."""
+def atomic_dir(target: Path):
+    """Context manager: write into a temp folder beside `target`, then swap it into place. Every entry of
+    the folder it replaces that the new one does not hold (metrics, intermediate checkpoints, a user's
+    notes) moves over, so only the files just rewritten are replaced and nothing else is ever deleted."""
 
     class _Swap:
         def __enter__(self):
@@ -59,10 +60,11 @@ def atomic_dir(target: Path, keep: tuple[str, ...] = ("metrics.jsonl", "checkpoi
             if target.exists():
                 target.rename(old)
             self.tmp.rename(target)
-            for name in keep:
-                if (old / name).exists() and not (target / name).exists():
-                    (old / name).rename(target / name)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.exists():
+                for entry in old.iterdir():
+                    if not (target / entry.name).exists():
+                        entry.rename(target / entry.name)
+                shutil.rmtree(old, ignore_errors=True)  # only the replaced copies of the new files remain
             return False
 
     return _Swap()

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from vsae.errors import VsaeError
+from vsae.validation import check_types
 
 
 @dataclass
@@ -170,6 +171,7 @@ def validate(cfg: SAEConfig) -> None:
         "sparsity_penalty": ("l1", "lp_p"),
         "selection_site": ("mean", "sample"),
     }
+    check_types(cfg)
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise VsaeError(f"{name}={getattr(cfg, name)!r} is not one of {', '.join(allowed)}")

@@ -37,8 +37,36 @@ def saelens_architecture(model: SAE) -> str:
     return "jumprelu"  # threshold-rule inference of the top-k family
 
 
+EXPORT_FILES = {"cfg.json", "sae_weights.safetensors"}
+
+
+def check_export_target(checkpoint: Path, out: Path) -> None:
+    """`out` must be new, empty, or an earlier vsae export: never the checkpoint, never someone's folder."""
+    if out.resolve() == checkpoint.resolve():
+        raise VsaeError(f"refusing to export {checkpoint} into itself; give another output folder")
+    if out.exists() and not out.is_dir():
+        raise VsaeError(f"{out} is a file; give a new or empty folder to export into")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    names = {p.name for p in out.iterdir()}
+    earlier = names <= EXPORT_FILES and "cfg.json" in names and _is_vsae_export(out / "cfg.json")
+    if not earlier:
+        raise VsaeError(
+            f"{out} holds files vsae did not export ({', '.join(sorted(names - EXPORT_FILES) or sorted(names))}); "
+            "give a new or empty folder"
+        )
+
+
+def _is_vsae_export(cfg_file: Path) -> bool:
+    try:
+        return "vsae_architecture" in json.loads(cfg_file.read_text()).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def export_saelens(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the SAELens folder for `checkpoint` into `out` (atomically)."""
+    """Write the SAELens folder for `checkpoint` into `out` (atomically; see check_export_target)."""
+    check_export_target(Path(checkpoint), Path(out))
     meta = read_cfg(checkpoint)
     model, split = deployable(load_sae(checkpoint))
     arch = saelens_architecture(model)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vsae.errors import VsaeError
+from vsae.validation import check_types
+
 
 @dataclass
 class TrainConfig:
@@ -51,3 +54,41 @@ class TrainConfig:
     """Store chunks mixed together when shuffling tokens."""
     extra: dict = field(default_factory=dict)
     """Architecture-specific training defaults resolved per SAE (lr, betas)."""
+
+    def validate(self) -> None:
+        """One line naming the first bad option (types, ranges, device), before anything is written."""
+        check_types(self)
+        if self.lr is not None and self.lr <= 0:
+            raise VsaeError(f"--lr must be positive (got {self.lr})")
+        if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
+            raise VsaeError(f"betas must be two numbers in [0, 1) (got {self.betas})")
+        if self.eps <= 0:
+            raise VsaeError(f"eps must be positive (got {self.eps})")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise VsaeError(f"--grad-clip-norm must be positive, or none to disable clipping (got {self.grad_clip_norm})")
+        fracs = ["lr_warmup_frac", "lr_decay_frac", "sparsity_warmup_frac", "kl_warmup_frac"]
+        for name in fracs:
+            if not 0 <= getattr(self, name) <= 1:
+                raise VsaeError(f"{name} must lie in [0, 1] (got {getattr(self, name)})")
+        if any(not 0 <= f <= 1 for f in self.resample_at_fracs):
+            raise VsaeError(f"--resample-at fractions must lie in [0, 1] (got {self.resample_at_fracs})")
+        positive = ["batch_size", "log_every", "buffer_chunks", "dead_after_tokens", "resample_pool_tokens"]
+        for name in positive + [n for n in ("steps", "tokens") if getattr(self, n) is not None]:
+            if getattr(self, name) < 1:
+                raise VsaeError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.save_every < 0:
+            raise VsaeError(f"--save-every must be 0 (off) or positive (got {self.save_every})")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise VsaeError(f"--compute-dtype must be float32 or bfloat16 (got {self.compute_dtype!r})")
+        _check_device(self.device)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise VsaeError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, mps)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VsaeError(f"--device {device}: no CUDA device is available here; use --device cpu")

@@ -250,13 +250,30 @@ class SAERun:
             "reader": reader_state,
             "total_steps": self.total,
             "torch_rng": torch.get_rng_state(),
+            "recipe": self.recipe(),
         }
+
+    def recipe(self) -> dict:
+        """Everything a resumed run must share with the run it continues (JSON-safe values)."""
+        fixed = dataclasses.asdict(self.tcfg)
+        for name in ("steps", "tokens", "log_every", "save_every", "device", "extra", "lr", "betas"):
+            fixed.pop(name, None)
+        model = {f"model.{k}": v for k, v in self.cfg.to_dict().items()}
+        return json.loads(json.dumps(fixed | model | {"lr": self.lr, "betas": list(self.betas)}))
 
     def load_trainer_state(self, state: dict) -> None:
         if state["total_steps"] != self.total:
             raise VsaeError(
                 f"{self.out} was trained for {state['total_steps']} steps; resume with the same --steps/--tokens"
             )
+        for name, old in state.get("recipe", {}).items():  # states written before recipes skip this
+            new = self.recipe().get(name)
+            if new != old:
+                flag = name.removeprefix("model.").replace("_", "-")
+                raise VsaeError(
+                    f"{self.out}: the run was started with {flag}={old} but --resume was given {flag}={new}; "
+                    "resume with the same value or train into another --out"
+                )
         self.model.load_state_dict(state["model"])
         index = {n: i for i, n in enumerate(self.names)}
         self.opt.load_state_dict(
@@ -305,11 +322,8 @@ def train(
     """Train every SAE of `specs` from one pass over shuffled store batches; returns the run folders."""
     for spec in specs:
         check_arch(spec.arch)
+    tcfg.validate()
     table = open_table(store, model, site, layer)
-    if tcfg.compute_dtype not in ("float32", "bfloat16"):
-        raise VsaeError(f"--compute-dtype must be float32 or bfloat16 (got {tcfg.compute_dtype!r})")
-    if tcfg.batch_size < 1:
-        raise VsaeError(f"--batch-size must be positive (got {tcfg.batch_size})")
     world = setup_world(tcfg.device)
     total = _total_steps(tcfg, table, world.size)
     c = table.norm_factor()
@@ -333,10 +347,12 @@ def train(
     start = _restore(runs, reader) if resume else 0
     if not resume:
         for run in runs:
-            if (run.out / "cfg.json").exists():
+            if (run.out / "cfg.json").exists() or any((run.out / "checkpoints").glob("step_*")):
                 raise VsaeError(
                     f"{run.out} already holds a checkpoint; use --resume to continue it or another --out"
                 )
+        for run in runs:  # a failed earlier attempt's log is not this run's
+            (run.out / "metrics.jsonl").unlink(missing_ok=True)
     if world.is_main:
         _announce(runs, table, c, total)
     t0 = time.time()
@@ -464,14 +480,37 @@ def _save(run: SAERun, provenance: dict, reader: ShuffledBatches, intermediate: 
     write_checkpoint(target, run.model, run.c, run.meta(provenance), run.trainer_state(reader.state_dict()))
 
 
+CHECKPOINT_FILES = ("cfg.json", "sae.safetensors", "trainer_state.pt")
+
+
+def resume_point(folder: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder: the final save or checkpoints/step_N (highest step)."""
+    candidates = [folder, *(folder / "checkpoints").glob("step_*")]
+    complete = [c for c in candidates if all((c / name).is_file() for name in CHECKPOINT_FILES)]
+    return max(complete, key=lambda c: int(read_cfg(c).get("state", {}).get("step", -1)), default=None)
+
+
+def read_trainer_state(path: Path) -> dict:
+    """trainer_state.pt, unpickled with torch's weights-only loader: tensors, numbers, strings, lists and
+    dicts only, so a crafted file cannot run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch raise many types for a hostile or damaged file
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise VsaeError(f"{path} is not a vsae trainer state ({reason}); resume from another checkpoint") from exc
+
+
 def _restore(runs: list[SAERun], reader: ShuffledBatches) -> int:
     steps = set()
     for run in runs:
-        path = run.out / "trainer_state.pt"
-        if not path.exists():
-            raise VsaeError(f"nothing to resume in {run.out} (no trainer_state.pt)")
-        read_cfg(run.out)
-        state = torch.load(path, weights_only=False)
+        point = resume_point(run.out)
+        if point is None:
+            raise VsaeError(
+                f"nothing to resume in {run.out} (no complete checkpoint with trainer_state.pt); "
+                "train without --resume"
+            )
+        read_cfg(point)
+        state = read_trainer_state(point / "trainer_state.pt")
         run.load_trainer_state(state)
         steps.add(run.step_done)
         reader.load_state_dict(state["reader"])
@@ -480,4 +519,17 @@ def _restore(runs: list[SAERun], reader: ShuffledBatches) -> int:
     step = steps.pop()
     if step >= runs[0].total:
         raise VsaeError(f"{runs[0].out} is already trained for all {step} steps")
+    for run in runs:
+        _truncate_metrics(run.out, step)
     return step
+
+
+def _truncate_metrics(folder: Path, step: int) -> None:
+    """Drop the metrics a killed run logged after the checkpoint it resumes from (they will be redone)."""
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    tmp.replace(path)
