@@ -112,17 +112,27 @@ def read_cfg(path: str | Path) -> dict:
         raise VsaeError(
             f"{folder} is not a vsae checkpoint (no cfg.json); pass a folder written by `vsae train`"
         )
-    cfg = json.loads(cfg_file.read_text())
-    if cfg.get("format") != FORMAT:
-        raise VsaeError(f"{cfg_file} is not a vsae checkpoint (format={cfg.get('format')!r})")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise VsaeError(f"{cfg_file} is not valid JSON ({type(exc).__name__}); the checkpoint is damaged") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+        raise VsaeError(f"{cfg_file} is not a vsae checkpoint cfg.json (format={found!r})")
     return cfg
 
 
 def load_sae(path: str | Path, space: str = "raw") -> SAE:
     """The checkpoint's model exactly as stored (raw), or its training-space copy (`normalized`)."""
     cfg = read_cfg(path)
+    if not isinstance(cfg.get("model"), dict):
+        raise VsaeError(f"{path}/cfg.json has no 'model' block; the checkpoint is damaged")
     model = SAE(SAEConfig.from_dict(cfg["model"]))
-    state = load_file(str(Path(path) / "sae.safetensors"))
+    weights = Path(path) / "sae.safetensors"
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise VsaeError(f"{weights} cannot be read ({type(exc).__name__}); the checkpoint is damaged") from exc
     missing = set(model.state_dict()) ^ set(state)
     if missing:
         raise VsaeError(f"{path}/sae.safetensors does not match its cfg.json (tensors {sorted(missing)})")

@@ -217,11 +217,16 @@ def train(
         save_every=save_every,
         device=device,
         compute_dtype=compute_dtype,
-        resample_at_fracs=[float(v) for v in resample_at.split(",") if v.strip()],
+        resample_at_fracs=_fractions("--resample-at", resample_at),
         dead_after_tokens=dead_after_tokens,
     )
     if config is not None:
         import dataclasses
+
+        given = [n for n, v in (("--k", k), ("--var-flag", var_flag), ("--dict-size", dict_size)) if v is not None]
+        given += ["--set"] * bool(set_) + ["--expansion"] * (expansion is not None) + ["--arch"] * (arch != ["topk"])
+        if given:
+            raise VsaeError(f"{given[0]} does not combine with --config; put it in the sweep file's [[sae]] tables")
 
         from vsae.train.sweep import load_sweep
 
@@ -414,18 +419,38 @@ def demo(
     run_demo(out, tokens=tokens, layer=layer)
 
 
+def _fractions(flag: str, text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise VsaeError(f"{flag} takes comma-separated fractions such as 0.2,0.5 (got {text!r})") from exc
+
+
 def main() -> None:
+    from rich.markup import escape
+    from typer.exceptions import TyperException
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app()
-    except VsaeError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        app(standalone_mode=False)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         console.print(
             "[bold red]interrupted[/]; a harvest resumes from its last commit, a training run with --resume"
         )
         sys.exit(130)
+    except TyperException as exc:  # bad flags and option values (click's usage errors): one line, not a box
+        if not hasattr(exc, "format_message"):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        message = " ".join(exc.format_message().split())
+        console.print(f"[bold red]error:[/] {escape(message)}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except VsaeError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -96,9 +96,13 @@ def open_root(url: str, mode: str) -> zarr.Group:
         raise VsaeError(f"store path {url} is a file, not a directory; choose another --store")
     if mode == "r" and local and not os.path.isdir(path):
         raise VsaeError(f"store {url} does not exist; create it with `vsae harvest MODEL --store {url}`")
+    if local:  # zarr 3.1's LocalStore mangles listed keys under a relative root
+        url = os.path.abspath(path)
     try:
         return zarr.open_group(url, mode=mode)
     except FileNotFoundError as exc:
         raise VsaeError(
             f"store {url} does not exist; create it with `vsae harvest MODEL --store {url}`"
         ) from exc
+    except (ValueError, TypeError, KeyError) as exc:  # a root zarr.json that is not zarr metadata
+        raise VsaeError(f"store {url}: its zarr.json is damaged ({type(exc).__name__})") from exc

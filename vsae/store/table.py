@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -94,10 +95,20 @@ class Table:
         return np.arange(last_train_window + 1, self.group["contexts"].shape[0])
 
 
+@contextlib.contextmanager
+def _metadata_errors(root: zarr.Group):
+    """A zarr.json that is not JSON (or not zarr metadata) is a one-line error naming the store."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as exc:
+        where = getattr(root.store, "root", root.store)
+        raise VsaeError(f"store {where}: a zarr.json metadata file is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
 def list_tables(root: zarr.Group) -> list[str]:
     """Paths of every table (complete or not) below a store root."""
     out = []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _metadata_errors(root):
         # writer lock files (<table>.lock) sit beside the tables and are not Zarr nodes
         warnings.filterwarnings("ignore", message=r".*\.lock is not recognized")
         for model_name, model_group in root.groups():
@@ -129,4 +140,6 @@ def open_table(
         raise VsaeError(
             f"store {store} has several tables ({', '.join(chosen)}); pick one with --model/--site/--layer"
         )
-    return Table(root[chosen[0]], chosen[0])
+    with _metadata_errors(root):
+        group = root[chosen[0]]
+    return Table(group, chosen[0])

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,16 @@ class SAESpec:
     expansion: int | None = None
     overrides: dict = field(default_factory=dict)
 
+    def dict_size(self, d_in: int) -> int:
+        """F from d_sae, or expansion × d_in (default 8); either must be a positive whole number."""
+        for name in ("d_sae", "expansion"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise VsaeError(f"{self.arch}: {name}={value!r} must be a positive whole number")
+        if self.d_sae is not None and self.expansion is not None:
+            raise VsaeError(f"{self.arch}: give d_sae or expansion, not both")
+        return self.d_sae if self.d_sae is not None else d_in * (self.expansion or 8)
+
     def run_name(self, d_sae: int, seed: int) -> str:
         tail = "".join(f"_{k}{v}" for k, v in sorted(self.overrides.items()))
         return f"{self.arch}_{d_sae}{tail}_s{seed}".replace("/", "-")
@@ -63,7 +74,7 @@ class SAERun:
         world: World = World(),
     ):
         d_in = table.d
-        d_sae = spec.d_sae or d_in * (spec.expansion or 8)
+        d_sae = spec.dict_size(d_in)
         self.cfg = build_config(spec.arch, d_in, d_sae, spec.overrides)
         arch_train = train_defaults(spec.arch, d_sae)
         self.lr = tcfg.lr if tcfg.lr is not None else arch_train["lr"]
@@ -269,7 +280,7 @@ class SAERun:
         for name, old in state.get("recipe", {}).items():  # states written before recipes skip this
             new = self.recipe().get(name)
             if new != old:
-                flag = name.removeprefix("model.").replace("_", "-")
+                flag = name.removeprefix("model.")
                 raise VsaeError(
                     f"{self.out}: the run was started with {flag}={old} but --resume was given {flag}={new}; "
                     "resume with the same value or train into another --out"
@@ -494,9 +505,15 @@ def read_trainer_state(path: Path) -> dict:
     """trainer_state.pt, unpickled with torch's weights-only loader: tensors, numbers, strings, lists and
     dicts only, so a crafted file cannot run code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch raise many types for a hostile or damaged file
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = (
+            "it holds objects other than tensors and plain data"
+            if "Weights only load failed" in str(exc)
+            else type(exc).__name__
+        )
         raise VsaeError(f"{path} is not a vsae trainer state ({reason}); resume from another checkpoint") from exc
 
 

@@ -38,11 +38,15 @@ def load_sweep(path: str | Path):
         raise VsaeError(
             f"unknown [train] keys {sorted(bad)} in {path}; valid: {', '.join(sorted(train_fields))}"
         )
+    if not isinstance(data["sae"], list) or not isinstance(data.get("train", {}), dict):
+        raise VsaeError(f"sweep file {path}: write each SAE as an [[sae]] table and options under [train]")
     specs = []
     for i, entry in enumerate(data["sae"]):
+        if not isinstance(entry, dict):
+            raise VsaeError(f"sweep file {path}: [[sae]] number {i + 1} is not a table")
         entry = dict(entry)
-        if "arch" not in entry:
-            raise VsaeError(f"[[sae]] number {i + 1} in {path} has no arch")
+        if not isinstance(entry.get("arch"), str):
+            raise VsaeError(f"[[sae]] number {i + 1} in {path} needs arch = \"NAME\"")
         specs.append(
             SAESpec(
                 entry.pop("arch"),

@@ -1,0 +1,171 @@
+"""Hostile and unlucky input through the installed CLI: each case exits non-zero with one line on stderr
+and no traceback, and every store and checkpoint that existed before is byte-identical afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_vsae
+
+
+def folder_hash(path: Path) -> str:
+    """Hash of every file's relative path and bytes below `path` (empty string if it does not exist)."""
+    if not path.exists():
+        return ""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A synthetic store, a second store of another width and a trained checkpoint (with step saves)."""
+    root = tmp_path_factory.mktemp("reliability")
+    store, other = root / "store", root / "other"
+    common = ["--atoms", "32", "--tokens", "12000", "--chunk-tokens", "1024"]
+    run_vsae("synthetic", "--store", store, "--d", "16", *common)
+    run_vsae("synthetic", "--store", other, "--d", "24", *common)
+    args = ("--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--save-every", "4")
+    run_vsae("train", "--store", store, *args, "--out", root / "ckpt")
+    return {"root": root, "store": store, "other": other, "ckpt": root / "ckpt" / "topk_64_k4_s0"}
+
+
+def one_line_error(proc) -> str:
+    """The one line on stderr (a report such as `vsae info`'s table may go to stdout before it)."""
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("WARNING", "INFO"))]
+    text = proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), text
+    return lines[0]
+
+
+def sweep(tmp: Path, body: str) -> Path:
+    path = tmp / "sweep.toml"
+    path.write_text(body)
+    return path
+
+
+def train(world, *args):
+    return ("train", "--store", world["store"], "--steps", "3", "--dict-size", "64", *args)
+
+
+# (id, builds the argv from the world and a scratch folder, text the error must contain)
+CASES = [
+    ("lr-negative", lambda w, t: train(w, "--lr", "-1", "--out", t / "o"), "--lr"),
+    ("lr-nan", lambda w, t: train(w, "--lr", "nan", "--out", t / "o"), "finite"),
+    ("log-every-0", lambda w, t: train(w, "--log-every", "0", "--out", t / "o"), "--log-every"),
+    ("resample-at-text", lambda w, t: train(w, "--resample-at", "abc", "--out", t / "o"), "--resample-at"),
+    ("device-bogus", lambda w, t: train(w, "--device", "bogus", "--out", t / "o"), "--device"),
+    ("batch-size-negative", lambda w, t: train(w, "--batch-size", "-1", "--out", t / "o"), "--batch-size"),
+    ("dict-size-0", lambda w, t: ("train", "--store", w["store"], "--dict-size", "0", "--out", t / "o"), "d_sae"),
+    ("expansion-0", lambda w, t: ("train", "--store", w["store"], "--expansion", "0", "--out", t / "o"), "expansion"),
+    ("lr-not-a-number", lambda w, t: train(w, "--lr", "abc", "--out", t / "o"), "--lr"),
+    ("unknown-flag", lambda w, t: train(w, "--no-such-flag", "--out", t / "o"), "no-such-flag"),
+    ("bad-site", lambda w, t: train(w, "--arch", "vsae_topk", "--set", "selection_site=noise", "--out", t / "o"), "selection_site"),
+    ("sweep-k-string", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, '[[sae]]\narch = "topk"\nk = "8"\n')), "k="),
+    ("sweep-d-sae-string", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, '[[sae]]\narch = "topk"\nd_sae = "big"\n')), "d_sae"),
+    ("sweep-sae-number", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, "sae = 5\n")), "[[sae]]"),
+    ("sweep-steps-string", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, '[train]\nsteps = "10"\n[[sae]]\narch = "topk"\n')), "steps"),
+    ("config-drops-arch", lambda w, t: ("train", "--store", w["store"], "--k", "3", "--out", t / "o", "--config", sweep(t, '[[sae]]\narch = "topk"\n')), "--k"),
+    ("resume-other-width", lambda w, t: ("train", "--store", w["other"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--resume", "--out", w["ckpt"].parent), "d_in=16 but --resume was given d_in=24"),
+    ("resume-changed-lr", lambda w, t: ("train", "--store", w["store"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--lr", "0.5", "--resume", "--out", w["ckpt"].parent), "lr=0.5"),
+    ("export-into-itself", lambda w, t: ("export", w["ckpt"], w["ckpt"]), "itself"),
+    ("export-into-foreign-folder", lambda w, t: ("export", w["ckpt"], _foreign(t)), "did not export"),
+    ("synthetic-noise-nan", lambda w, t: ("synthetic", "--store", t / "s", "--noise", "nan"), "noise"),
+    ("synthetic-active-nan", lambda w, t: ("synthetic", "--store", t / "s", "--active", "nan"), "active"),
+    ("info-verify-missing-chunk", lambda w, t: ("info", _damaged(w, t, "missing"), "--verify"), "missing"),
+    ("train-on-missing-chunk", lambda w, t: ("train", "--store", _damaged(w, t, "missing"), "--out", t / "o"), "missing"),
+    ("info-verify-flipped-byte", lambda w, t: ("info", _damaged(w, t, "flip"), "--verify"), "corrupted"),
+    ("store-zarr-json-not-json", lambda w, t: ("info", _damaged(w, t, "zarr.json")), "zarr.json"),
+    ("eval-cfg-not-json", lambda w, t: ("eval", _bad_ckpt(w, t, "cfg-text"), "--no-ce"), "cfg.json"),
+    ("eval-cfg-not-object", lambda w, t: ("eval", _bad_ckpt(w, t, "cfg-list"), "--no-ce"), "cfg.json"),
+    ("eval-truncated-weights", lambda w, t: ("eval", _bad_ckpt(w, t, "truncate"), "--no-ce"), "sae.safetensors"),
+    ("eval-bad-header-weights", lambda w, t: ("eval", _bad_ckpt(w, t, "header"), "--no-ce"), "sae.safetensors"),
+]
+
+
+def _foreign(tmp: Path) -> Path:
+    folder = tmp / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    return folder
+
+
+def _damaged(world, tmp: Path, how: str) -> Path:
+    store = tmp / "damaged"
+    shutil.copytree(world["store"], store)
+    table = store / "synthetic" / "resid_post.0"
+    if how == "missing":
+        (table / "activations" / "c" / "1" / "0").unlink()
+    elif how == "flip":
+        obj = table / "activations" / "c" / "1" / "0"
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        obj.write_bytes(data)
+    else:
+        (table / "zarr.json").write_text("{not json")
+    return store
+
+
+def _bad_ckpt(world, tmp: Path, how: str) -> Path:
+    ckpt = tmp / "ckpt"
+    shutil.copytree(world["ckpt"], ckpt)
+    if how == "cfg-text":
+        (ckpt / "cfg.json").write_text("{oops")
+    elif how == "cfg-list":
+        (ckpt / "cfg.json").write_text("[1, 2]")
+    elif how == "truncate":
+        weights = ckpt / "sae.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:
+        weights = ckpt / "sae.safetensors"
+        weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])
+    return ckpt
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, case):
+    _, argv, needle = case
+    before = {k: folder_hash(world[k]) for k in ("store", "other", "ckpt")}
+    assert all(before.values())  # the world exists: a case can only pass by leaving it intact
+    args = argv(world, tmp_path)
+    scratch = {p: folder_hash(p) for p in map(Path, args) if p.is_absolute() and p.exists()}
+    proc = run_vsae(*args, expect=2, cwd=tmp_path)
+    line = one_line_error(proc)
+    assert needle in line, line
+    assert {k: folder_hash(world[k]) for k in before} == before
+    assert {p: folder_hash(p) for p in scratch} == scratch  # damaged copies and foreign folders untouched
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
+def test_malicious_trainer_state_never_runs(world, tmp_path):
+    """A crafted trainer_state.pt is refused by the weights-only unpickler: its payload never runs."""
+    out = tmp_path / "runs"
+    shutil.copytree(world["ckpt"].parent, out)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "ran"))
+
+    (out / "topk_64_k4_s0" / "trainer_state.pt").write_bytes(pickle.dumps({"model": Payload()}))
+    args = ("train", "--store", world["store"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8")
+    proc = run_vsae(*args, "--resume", "--out", out, expect=2, cwd=tmp_path)
+    assert "trainer state" in one_line_error(proc)
+    assert not marker.exists()
+
+
+def test_export_twice_replaces_only_its_own_files(world, tmp_path):
+    out = tmp_path / "sl"
+    run_vsae("export", world["ckpt"], out, cwd=tmp_path)
+    first = folder_hash(out)
+    run_vsae("export", world["ckpt"], out, cwd=tmp_path)
+    assert folder_hash(out) == first and {p.name for p in out.iterdir()} == {"cfg.json", "sae_weights.safetensors"}
+    assert json.loads((out / "cfg.json").read_text())["metadata"]["vsae_architecture"] == "topk"
