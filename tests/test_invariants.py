@@ -330,10 +330,13 @@ def test_invariant_free_rejected_for_topk_family():
 
 
 def test_invariant_vsae_scale_defaults():
+    # β = 2δv/n_dec with δ = 0.04 of the variance v (v = 1 without a store)
     cfg = build_config("vsae_topk", D, F, {"k": 32}) if F > 32 else None
-    assert cfg.kl_coeff == 3.125e-3 and math.isclose(cfg.log_var_init, -6.463, abs_tol=1e-3)
+    assert cfg.kl_coeff == 2.5e-3 and math.isclose(cfg.log_var_init, -6.686, abs_tol=1e-3)
     iso = build_config("vsae_iso", D, 64, {})
-    assert math.isclose(iso.kl_coeff, 0.1 / 64)
+    assert math.isclose(iso.kl_coeff, 0.08 / 64)
+    half = build_config("vsae_topk", D, F, {"k": 32}, noise_unit=0.5)
+    assert math.isclose(half.kl_coeff, 1.25e-3) and half.noise_unit == 0.5
     user = build_config("vsae_iso", D, 64, {"kl_coeff": 1.0})
     assert user.kl_coeff_source == "user" and math.isclose(user.log_var_init, math.log(1 / 3))
 

@@ -35,21 +35,13 @@ def test_base_architectures_recover_the_true_atoms(truth, tmp_path):
 
 def test_vsae_recovery_deterministic_and_mean_site_variational(truth, tmp_path):
     results = _recovery(truth, "recovery_vsae.toml", tmp_path / "vsae")
+    results |= _recovery(truth, "recovery_vsae_batchtopk.toml", tmp_path / "vsae_batch")
     by = {name.rsplit("_s0", 1)[0]: r for name, r in results.items()}
-    # var_flag = 0: each vsae_X is X plus an L2 penalty. Mean-site variational models keep the atoms too.
-    for key in (
-        "vsae_iso_192_l1_coeff0.2_var_flag0",
-        "vsae_multi_192_l1_coeff0.2_var_flag0",
-        "vsae_gated_192_l1_coeff0.5_var_flag0",
-        "vsae_jumprelu_192_l0_target3_var_flag0",
-        "vsae_iso_192_l1_coeff0.2_var_flag1",
-        "vsae_multi_192_l1_coeff0.2_var_flag1",
-        "vsae_gated_192_l1_coeff0.5_var_flag1",
-    ):
-        assert by[key]["true_atom_recovery"] >= 0.9, (key, by[key]["true_atom_recovery"])
-    # Signed (abs-mode) top-k codes on non-negative ground truth: partial recovery (measured 0.61-0.71).
-    for key in ("vsae_topk_192_k3_var_flag0", "vsae_batchtopk_192_k3_var_flag0"):
-        assert by[key]["true_atom_recovery"] >= 0.5, (key, by[key]["true_atom_recovery"])
-    # Variational models report both reconstructions; the noise costs the mean-site models little.
-    gated = by["vsae_gated_192_l1_coeff0.5_var_flag1"]
-    assert gated["fve_mean"] - gated["fve_sample"] < 0.05
+    assert len(by) == 11
+    # Every vsae_* keeps the true atoms, deterministic (var_flag 0: X plus an L2 penalty) or variational
+    # at the default mean site; signed (abs-mode) codes are compared up to each atom's sign.
+    for key, r in by.items():
+        assert r["true_atom_recovery"] >= 0.9, (key, r["true_atom_recovery"])
+    # Variational models report both reconstructions; mean-site noise costs about δ = 0.04 of FVE.
+    for key in [k for k in by if k.endswith("var_flag1")]:
+        assert by[key]["fve_mean"] - by[key]["fve_sample"] < 0.08, (key, by[key])

@@ -94,8 +94,10 @@ class SAEConfig:
     """Latents the KL charges: all or selected (the training active mask M; for relu, μ > 0)."""
     selection_site: str = "mean"
     """Where selection, gating and the JumpReLU step look: mean (μ, f = M(μ) ⊙ z) or sample (z, unstable)."""
-    noise_budget: float = 0.05
-    """δ: decoded noise power the default β aims at, in units of E‖x‖² (§2.2)."""
+    noise_budget: float = 0.04
+    """δ: decoded noise power the default β aims at, as a fraction of the activations' variance."""
+    noise_unit: float = 1.0
+    """The variance E‖x − x̄‖² in training space that δ is measured in (derived from the store)."""
     kl_coeff: float | None = None
     """β; None resolves to 2δ/n_dec at construction."""
     log_var_init: float | None = None

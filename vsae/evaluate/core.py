@@ -59,10 +59,13 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
     result = {"checkpoint": str(path), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae}
     result |= core_metrics(sae, table, meta["norm_factor"], cfg)
     if "true_atoms" in table.group:
+        from vsae.archs.fold import needs_sign_split
         from vsae.store.synthetic import atom_recovery
 
         true_atoms = torch.from_numpy(table.group["true_atoms"][:])
-        result["true_atom_recovery"] = atom_recovery(true_atoms, sae.W_dec.detach())
+        # a signed code's atoms are defined up to sign ((−f)(−d) = f d): compare |cos| for those
+        signed = needs_sign_split(sae)
+        result["true_atom_recovery"] = atom_recovery(true_atoms, sae.W_dec.detach(), up_to_sign=signed)
     if cfg.ce and table.provenance["model_id"] != "synthetic":
         from vsae.evaluate.patching import ce_recovered
 

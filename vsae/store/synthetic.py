@@ -110,8 +110,10 @@ def _sample(atoms: torch.Tensor, n: int, cfg: SyntheticConfig, gen: torch.Genera
     return x, codes.argmax(dim=1).numpy()
 
 
-def atom_recovery(true_atoms: torch.Tensor, w_dec: torch.Tensor) -> float:
-    """Mean over true atoms of the best cosine similarity to any learned atom."""
+def atom_recovery(true_atoms: torch.Tensor, w_dec: torch.Tensor, up_to_sign: bool = False) -> float:
+    """Mean over true atoms of the best cosine similarity to any learned atom (|cos| with up_to_sign,
+    for signed codes, whose atoms may be learned as −d with negative coefficients)."""
     t = true_atoms / true_atoms.norm(dim=1, keepdim=True)
     w = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return float((t @ w.T).max(dim=1).values.mean())
+    cos = t @ w.T
+    return float((cos.abs() if up_to_sign else cos).max(dim=1).values.mean())

@@ -83,6 +83,11 @@ class Table:
         sq = float(np.asarray(self.group["chunk_sumsq"][: self.n_train_chunks]).sum())
         return {"mean": s / n, "mean_sq_norm": sq / n, "n": n}
 
+    def training_variance(self) -> float:
+        """E‖x − x̄‖² of the training split in training space (x/c), i.e. 1 − ‖x̄‖²/E‖x‖²."""
+        stats = self.train_stats()
+        return float(1 - np.square(stats["mean"]).sum() / stats["mean_sq_norm"])
+
     def norm_factor(self) -> float:
         """c = sqrt(E‖x‖²) over the training split, from the statistics recorded at harvest (spec §4.1)."""
         return math.sqrt(self.train_stats()["mean_sq_norm"])

@@ -75,7 +75,7 @@ class SAERun:
     ):
         d_in = table.d
         d_sae = spec.dict_size(d_in)
-        self.cfg = build_config(spec.arch, d_in, d_sae, spec.overrides)
+        self.cfg = build_config(spec.arch, d_in, d_sae, spec.overrides, noise_unit=table.training_variance())
         arch_train = train_defaults(spec.arch, d_sae)
         self.lr = tcfg.lr if tcfg.lr is not None else arch_train["lr"]
         self.betas = tuple(tcfg.betas or arch_train.get("betas", (0.9, 0.999)))
@@ -164,6 +164,7 @@ class SAERun:
         moments = [s[k] for s in self.opt.state.values() for k in ("exp_avg", "exp_avg_sq") if k in s]
         self.world.broadcast([*self.model.parameters(), *moments, self.tau])
 
+    @torch.no_grad()
     def _metrics(self, x, out, ctx, grad_norm) -> dict:
         """Training-rule metrics of this batch (spec §7): f_det and x̂(f_det)."""
         model = self.model
@@ -470,8 +471,9 @@ def _announce(runs: list[SAERun], table: Table, c: float, total: int) -> None:
             )
         if cfg.is_variational:
             power = predicted_noise_power(cfg)
-            line += f" β={cfg.kl_coeff:.3g} predicted decoded noise {power:.3g}·E‖x‖²"
-            if power > 1:
+            share = power / cfg.noise_unit
+            line += f" β={cfg.kl_coeff:.3g} predicted decoded noise {power:.3g}·E‖x‖² ({share:.3g} of the variance)"
+            if share > 1:
                 log.warning(
                     "%s: predicted decoded noise power %.3g exceeds the signal (β too large?)",
                     run.out.name,
