@@ -78,6 +78,10 @@ CASES = [
     ("resume-changed-lr", lambda w, t: ("train", "--store", w["store"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--lr", "0.5", "--resume", "--out", w["ckpt"].parent), "lr=0.5"),
     ("export-into-itself", lambda w, t: ("export", w["ckpt"], w["ckpt"]), "itself"),
     ("export-into-foreign-folder", lambda w, t: ("export", w["ckpt"], _foreign(t)), "did not export"),
+    ("harvest-empty-layer", lambda w, t: ("harvest", "smollm2-135m", "--layer", "", "--store", t / "s"), "--layer"),
+    ("harvest-empty-site", lambda w, t: ("harvest", "smollm2-135m", "--site", "", "--store", t / "s"), "--site"),
+    ("harvest-batch-size-negative", lambda w, t: ("harvest", "smollm2-135m", "--batch-size", "-1", "--store", t / "s"), "--batch-size"),
+    ("harvest-chunk-tokens-0", lambda w, t: ("harvest", "smollm2-135m", "--chunk-tokens", "0", "--store", t / "s"), "--chunk-tokens"),
     ("synthetic-noise-nan", lambda w, t: ("synthetic", "--store", t / "s", "--noise", "nan"), "noise"),
     ("synthetic-active-nan", lambda w, t: ("synthetic", "--store", t / "s", "--active", "nan"), "active"),
     ("info-verify-missing-chunk", lambda w, t: ("info", _damaged(w, t, "missing"), "--verify"), "missing"),
@@ -169,3 +173,58 @@ def test_export_twice_replaces_only_its_own_files(world, tmp_path):
     run_vsae("export", world["ckpt"], out, cwd=tmp_path)
     assert folder_hash(out) == first and {p.name for p in out.iterdir()} == {"cfg.json", "sae_weights.safetensors"}
     assert json.loads((out / "cfg.json").read_text())["metadata"]["vsae_architecture"] == "topk"
+
+
+def _train_args(store, out, steps=12):
+    return ("train", "--store", store, "--arch", "vsae_topk", "--k", "4", "--dict-size", "64",
+            "--steps", str(steps), "--batch-size", "256", "--save-every", "4", "--out", out)
+
+
+def _final_state(run: Path) -> dict:
+    import torch
+
+    return torch.load(run / "trainer_state.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("failpoint", ["train_step:7", "checkpoint_write:2"])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(world, tmp_path, failpoint):
+    """SIGKILL after step 7 (only checkpoints/step_4 exists) or half-way through writing step_8's
+    checkpoint; --resume continues from the newest complete checkpoint to the same weights."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import assert_same_trainer_state
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_vsae(*_train_args(world["store"], full), cwd=tmp_path)
+    exe = Path(sys.executable).with_name("vsae")
+    env = {**os.environ, "VSAE_FAILPOINT": failpoint}
+    killed = subprocess.run([str(exe), *map(str, _train_args(world["store"], part))], env=env, cwd=tmp_path,
+                            capture_output=True, timeout=600)
+    assert killed.returncode == -9
+    run = part / "vsae_topk_64_k4_s0"
+    assert not (run / "cfg.json").exists() and (run / "checkpoints" / "step_4" / "trainer_state.pt").exists()
+    run_vsae(*_train_args(world["store"], part), "--resume", cwd=tmp_path)
+    a, b = _final_state(full / "vsae_topk_64_k4_s0"), _final_state(run)
+    assert_same_trainer_state(a, b)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # the killed run's extra log lines were dropped, none doubled
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last(world, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("vsae")
+    env = {**os.environ, "VSAE_FAILPOINT": "checkpoint_write:2:enospc"}
+    proc = subprocess.run([str(exe), *map(str, _train_args(world["store"], tmp_path / "o"))], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # after the run's own progress lines
+    assert last.startswith("error: disk full"), proc.stderr
+    run = tmp_path / "o" / "vsae_topk_64_k4_s0"
+    assert (run / "checkpoints" / "step_4" / "trainer_state.pt").exists()
+    assert not (run / "checkpoints" / "step_8").exists()
+    assert not [p for p in run.rglob("*") if ".tmp-" in p.name]

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from vsae.archs.config import SAEConfig
 from vsae.archs.sae import SAE
 from vsae.errors import VsaeError
+from vsae.store.faults import failpoint
 
 FORMAT = "vsae-sae"
 FORMAT_VERSION = 1
@@ -93,6 +94,7 @@ def write_checkpoint(
             {k: v.detach().contiguous().cpu() for k, v in raw.state_dict().items()}, tmp / "sae.safetensors"
         )
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2, default=_jsonable))
+        failpoint("checkpoint_write")  # crash tests: kill or ENOSPC half-way through a checkpoint
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
 

@@ -28,6 +28,7 @@ from vsae.progress import Progress
 from vsae.store.layout import COMPRESSION_LEVEL, STORAGE_DTYPES, open_root, table_path
 from vsae.store.lock import TableLock
 from vsae.store.writer import AlreadyHarvested, TableWriter, committed_tokens, prepare_table
+from vsae.validation import check_types
 
 
 @dataclass
@@ -79,20 +80,30 @@ class HarvestConfig:
     device: str = "cpu"
     """Device of the forward pass."""
 
+    def validate(self) -> None:
+        """One line naming the first bad option, before a model is loaded or anything is written."""
+        check_types(self)
+        if not self.layers or not self.sites:
+            raise VsaeError("give at least one --layer and one --site (e.g. --layer 1 --site resid_post)")
+        for name in ("tokens", "batch_size", "chunk_tokens", "shard_chunks"):
+            if getattr(self, name) < 1:
+                raise VsaeError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.ctx_len < 2:
+            raise VsaeError(f"--ctx-len must be at least 2 (a BOS and one token; got {self.ctx_len})")
+        if not 0 <= self.heldout_fraction < 1:
+            raise VsaeError(f"--heldout-fraction must lie in [0, 1) (got {self.heldout_fraction})")
+        if self.dtype not in STORAGE_DTYPES:
+            raise VsaeError(f"unknown --dtype {self.dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
+        if self.writer_threads < 0:
+            raise VsaeError(f"--writer-threads must be 0 (automatic) or positive (got {self.writer_threads})")
+        if not 0 <= self.compression_level <= 9:
+            raise VsaeError(f"--compression-level must lie in 0..9 (got {self.compression_level})")
+
 
 def harvest(cfg: HarvestConfig, show_progress: bool = True, loaded: LoadedModel | None = None) -> dict:
     """Harvest every (layer, site) of `cfg` into its table; returns a summary per table.
     Under torchrun each rank computes its own shards of the same tables. `loaded` reuses a loaded model."""
-    if cfg.tokens < 1:
-        raise VsaeError(f"--tokens must be positive (got {cfg.tokens})")
-    if not 0 <= cfg.heldout_fraction < 1:
-        raise VsaeError(f"--heldout-fraction must lie in [0, 1) (got {cfg.heldout_fraction})")
-    if cfg.dtype not in STORAGE_DTYPES:
-        raise VsaeError(f"unknown --dtype {cfg.dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
-    if cfg.writer_threads < 0:
-        raise VsaeError(f"--writer-threads must be 0 (automatic) or positive (got {cfg.writer_threads})")
-    if not 0 <= cfg.compression_level <= 9:
-        raise VsaeError(f"--compression-level must lie in 0..9 (got {cfg.compression_level})")
+    cfg.validate()
     world = setup_world(cfg.device)
     loaded = loaded or load_model(cfg.model, revision=cfg.revision)
     model = loaded.model.to(world.device(cfg.device))

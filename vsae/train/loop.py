@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from vsae.distributed import setup as setup_world
 from vsae.errors import NonFiniteLoss, VsaeError
 from vsae.metrics import fve
 from vsae.progress import Progress, console
+from vsae.store.faults import failpoint
 from vsae.store.reader import ShuffledBatches
 from vsae.store.table import Table, open_table
 from vsae.train.config import TrainConfig
@@ -384,6 +386,7 @@ def train(
                     for run in runs:
                         _save(run, provenance, reader, intermediate=True)
                 bar.advance(step_tokens)
+                failpoint("train_step")  # crash tests: VSAE_FAILPOINT=train_step:N kills after step N
         if world.is_main:
             for run in runs:
                 _save(run, provenance, reader)
@@ -490,7 +493,14 @@ def _append_metrics(folder: Path, metrics: dict) -> None:
 
 def _save(run: SAERun, provenance: dict, reader: ShuffledBatches, intermediate: bool = False) -> None:
     target = run.out / "checkpoints" / f"step_{run.step_done}" if intermediate else run.out
-    write_checkpoint(target, run.model, run.c, run.meta(provenance), run.trainer_state(reader.state_dict()))
+    try:
+        write_checkpoint(target, run.model, run.c, run.meta(provenance), run.trainer_state(reader.state_dict()))
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise VsaeError(
+            f"disk full while writing {target}; earlier checkpoints are intact: free space, then --resume"
+        ) from exc
 
 
 CHECKPOINT_FILES = ("cfg.json", "sae.safetensors", "trainer_state.pt")
