@@ -228,3 +228,17 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last(world, tmp
     assert (run / "checkpoints" / "step_4" / "trainer_state.pt").exists()
     assert not (run / "checkpoints" / "step_8").exists()
     assert not [p for p in run.rglob("*") if ".tmp-" in p.name]
+
+
+def test_ctrl_c_says_interrupted_and_keeps_checkpoints(world, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("vsae")
+    env = {**os.environ, "VSAE_FAILPOINT": "train_step:6:sigint"}
+    proc = subprocess.run([str(exe), *map(str, _train_args(world["store"], tmp_path / "o"))], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted"), proc.stderr
+    assert (tmp_path / "o" / "vsae_topk_64_k4_s0" / "checkpoints" / "step_4" / "trainer_state.pt").exists()

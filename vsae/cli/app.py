@@ -426,20 +426,22 @@ def _fractions(flag: str, text: str) -> list[float]:
         raise VsaeError(f"{flag} takes comma-separated fractions such as 0.2,0.5 (got {text!r})") from exc
 
 
+INTERRUPTED = "[bold red]interrupted[/]; a harvest resumes from its last commit, a training run with --resume"
+
+
 def main() -> None:
+    """Console entry point: known errors (VsaeError, bad flags) are one line on stderr and a non-zero exit;
+    Ctrl-C says `interrupted`; anything else is a bug and keeps its traceback."""
     from rich.markup import escape
     from typer.exceptions import TyperException
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns Exit's code (130 after Ctrl-C) instead of exiting
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        console.print(
-            "[bold red]interrupted[/]; a harvest resumes from its last commit, a training run with --resume"
-        )
-        sys.exit(130)
+        code = 130
     except TyperException as exc:  # bad flags and option values (click's usage errors): one line, not a box
         if not hasattr(exc, "format_message"):
             raise
@@ -451,6 +453,10 @@ def main() -> None:
     except VsaeError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    if code == 130:
+        console.print(INTERRUPTED, soft_wrap=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

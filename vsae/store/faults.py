@@ -1,5 +1,6 @@
 """Failpoints for crash tests: VSAE_FAILPOINT="name:n[:action]" makes the n-th pass through `name`
-kill the process (action kill, the default) or raise ENOSPC (action enospc). Unset in normal use."""
+kill the process (action kill, the default), raise ENOSPC (action enospc) or send SIGINT as a user's
+Ctrl-C would (action sigint). Unset in normal use."""
 
 from __future__ import annotations
 
@@ -23,4 +24,4 @@ def failpoint(name: str) -> None:
     action = parts[2] if len(parts) > 2 else "kill"
     if action == "enospc":
         raise OSError(errno.ENOSPC, "No space left on device (simulated)")
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGKILL)
