@@ -78,6 +78,10 @@ CASES = [
     ("resume-changed-lr", lambda w, t: ("train", "--store", w["store"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--lr", "0.5", "--resume", "--out", w["ckpt"].parent), "lr=0.5"),
     ("export-into-itself", lambda w, t: ("export", w["ckpt"], w["ckpt"]), "itself"),
     ("export-into-foreign-folder", lambda w, t: ("export", w["ckpt"], _foreign(t)), "did not export"),
+    ("grad-clip-0", lambda w, t: train(w, "--grad-clip-norm", "0", "--out", t / "o"), "--grad-clip-norm"),
+    ("grad-clip-text", lambda w, t: train(w, "--grad-clip-norm", "off", "--out", t / "o"), "--grad-clip-norm"),
+    ("betas-out-of-range", lambda w, t: train(w, "--betas", "0.9,1.5", "--out", t / "o"), "betas"),
+    ("sweep-grad-clip-text", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, '[train]\ngrad_clip_norm = "off"\n[[sae]]\narch = "topk"\n')), "--grad-clip-norm"),
     ("harvest-empty-layer", lambda w, t: ("harvest", "smollm2-135m", "--layer", "", "--store", t / "s"), "--layer"),
     ("harvest-empty-site", lambda w, t: ("harvest", "smollm2-135m", "--site", "", "--store", t / "s"), "--site"),
     ("harvest-batch-size-negative", lambda w, t: ("harvest", "smollm2-135m", "--batch-size", "-1", "--store", t / "s"), "--batch-size"),
@@ -242,3 +246,46 @@ def test_ctrl_c_says_interrupted_and_keeps_checkpoints(world, tmp_path):
     assert proc.returncode == 130 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("interrupted"), proc.stderr
     assert (tmp_path / "o" / "vsae_topk_64_k4_s0" / "checkpoints" / "step_4" / "trainer_state.pt").exists()
+
+
+JSONL = {
+    "broken-line": ('{"text": "fine"}\n{"text": "cut off\n', "not valid JSON"),
+    "binary": (b"\xff\xfe\x00garbage\x80\n", "not UTF-8"),
+    "non-string-text": ('{"text": "fine"}\n{"text": 42}\n', "holds a int"),
+    "not-an-object": ('{"text": "fine"}\n[1, 2]\n', "no text column"),
+}
+
+
+@pytest.mark.parametrize("case", list(JSONL))
+def test_bad_jsonl_names_the_file_and_line(tiny_model, tmp_path, case):
+    body, needle = JSONL[case]
+    data = tmp_path / "docs.jsonl"
+    data.write_bytes(body if isinstance(body, bytes) else body.encode())
+    proc = run_vsae("harvest", tiny_model, "--layer", "1", "--dataset", data, "--tokens", "64",
+                    "--store", tmp_path / "s", expect=2, cwd=tmp_path)
+    line = one_line_error(proc)
+    assert needle in line and "docs.jsonl" in line, line
+    assert not (tmp_path / "s").exists()
+
+
+def test_model_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_vsae("harvest", tmp_path / "empty", "--store", tmp_path / "s", expect=2, cwd=tmp_path)
+    assert "could not load model" in one_line_error(proc)
+    assert not (tmp_path / "s").exists()
+
+
+def test_clipping_can_be_turned_off_from_the_flag_and_the_sweep_file(world, tmp_path):
+    """--grad-clip-norm none and grad_clip_norm = "none" train alike, and differently from clipping at 1e-3."""
+    from safetensors.torch import load_file
+
+    base = ("train", "--store", world["store"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "6")
+    run_vsae(*base, "--grad-clip-norm", "none", "--lr", "0.01", "--out", tmp_path / "off", cwd=tmp_path)
+    run_vsae(*base, "--grad-clip-norm", "0.001", "--lr", "0.01", "--out", tmp_path / "on", cwd=tmp_path)
+    file = sweep(tmp_path, '[train]\nsteps = 6\nlr = 0.01\ngrad_clip_norm = "none"\n[[sae]]\narch = "topk"\nk = 4\nd_sae = 64\n')
+    run_vsae("train", "--store", world["store"], "--config", file, "--out", tmp_path / "sw", cwd=tmp_path)
+    w = {k: load_file(tmp_path / k / "topk_64_k4_s0" / "sae.safetensors")["W_enc"] for k in ("off", "on", "sw")}
+    assert (w["off"] - w["sw"]).abs().max() == 0
+    assert (w["off"] - w["on"]).abs().max() > 1e-4
+    cfg = json.loads((tmp_path / "sw" / "topk_64_k4_s0" / "cfg.json").read_text())
+    assert cfg["training"]["grad_clip_norm"] is None

@@ -22,7 +22,7 @@ from vsae.progress import console
 from vsae.progress import results as results_console
 from vsae.store.layout import COMPRESSION_LEVEL
 from vsae.store.synthetic import SyntheticConfig
-from vsae.train.config import TrainConfig
+from vsae.train.config import TrainConfig, clip_norm
 
 app = typer.Typer(
     help="Harvest LM activations into a compressed Zarr store, train SAEs and variational SAEs on them, evaluate.",
@@ -184,6 +184,14 @@ def train(
     compute_dtype: Annotated[str, typer.Option(help=T["compute_dtype"])] = "float32",
     resample_at: Annotated[str, typer.Option(help=T["resample_at_fracs"] + " Comma-separated.")] = "",
     dead_after_tokens: Annotated[int, typer.Option(help=T["dead_after_tokens"])] = 10_000_000,
+    grad_clip_norm: Annotated[str, typer.Option(help=T["grad_clip_norm"] + " A number, or none.")] = "1.0",
+    betas: Annotated[str | None, typer.Option(help=T["betas"] + " Two numbers, e.g. 0.9,0.999.")] = None,
+    eps: Annotated[float, typer.Option(help=T["eps"])] = 1e-8,
+    lr_warmup_frac: Annotated[float, typer.Option(help=T["lr_warmup_frac"])] = 0.02,
+    lr_decay_frac: Annotated[float, typer.Option(help=T["lr_decay_frac"])] = 0.2,
+    sparsity_warmup_frac: Annotated[float, typer.Option(help=T["sparsity_warmup_frac"])] = 0.05,
+    kl_warmup_frac: Annotated[float, typer.Option(help=T["kl_warmup_frac"])] = 0.1,
+    buffer_chunks: Annotated[int, typer.Option(help=T["buffer_chunks"])] = 8,
     out: Annotated[Path, typer.Option(help="Output folder; each SAE gets <out>/<arch>_<F>_s<seed>/.")] = Path(
         "ckpt"
     ),
@@ -219,6 +227,14 @@ def train(
         compute_dtype=compute_dtype,
         resample_at_fracs=_fractions("--resample-at", resample_at),
         dead_after_tokens=dead_after_tokens,
+        grad_clip_norm=clip_norm(grad_clip_norm),
+        betas=tuple(_fractions("--betas", betas)) if betas else None,
+        eps=eps,
+        lr_warmup_frac=lr_warmup_frac,
+        lr_decay_frac=lr_decay_frac,
+        sparsity_warmup_frac=sparsity_warmup_frac,
+        kl_warmup_frac=kl_warmup_frac,
+        buffer_chunks=buffer_chunks,
     )
     if config is not None:
         import dataclasses
@@ -420,6 +436,7 @@ def demo(
 
 
 def _fractions(flag: str, text: str) -> list[float]:
+    """Comma-separated numbers (fractions, betas) or a one-line error naming the flag."""
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:

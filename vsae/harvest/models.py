@@ -71,6 +71,9 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
         raise VsaeError(
             f"could not load model {name!r} ({str(exc).splitlines()[0]}); {OFFLINE_HINT}"
         ) from exc
+    except ValueError as exc:  # an empty or foreign folder, or a model that needs its own remote code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VsaeError(f"could not load model {name!r}: {first[:200]}") from exc
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, model_id, revision, source)
 

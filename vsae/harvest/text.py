@@ -63,14 +63,7 @@ def _local(path: Path, column: str) -> Iterator[str]:
         if suffix == ".txt":
             yield file.read_text(encoding="utf-8", errors="replace")
         elif suffix == ".jsonl":
-            for n, line in enumerate(file.read_text(encoding="utf-8").splitlines()):
-                if line.strip():
-                    row = json.loads(line)
-                    if column not in row:
-                        raise VsaeError(
-                            f"{file}:{n + 1} has no text column {column!r}; pick one with --text-column"
-                        )
-                    yield row[column]
+            yield from _jsonl(file, column)
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -80,6 +73,29 @@ def _local(path: Path, column: str) -> Iterator[str]:
                     f"{file} has no text column {column!r} (columns: {', '.join(table.column_names)})"
                 )
             yield from table.column(column).to_pylist()
+
+
+def _jsonl(file: Path, column: str) -> Iterator[str]:
+    """The text field of every line; a line that is not a JSON object with a string there is an error
+    naming the file and line (never skipped: a silently shorter corpus changes the store)."""
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise VsaeError(f"{file} is not UTF-8 text (byte {exc.start}); a .jsonl file holds one JSON object per line") from exc
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise VsaeError(f"{file}:{n + 1} is not valid JSON ({exc.msg}); fix or remove that line") from exc
+        if not isinstance(row, dict) or column not in row:
+            raise VsaeError(f"{file}:{n + 1} has no text column {column!r}; pick one with --text-column")
+        if not isinstance(row[column], str):
+            raise VsaeError(
+                f"{file}:{n + 1}: {column!r} holds a {type(row[column]).__name__}, not text; pick another --text-column"
+            )
+        yield row[column]
 
 
 def _hub(src: TextSource) -> Iterator[str]:

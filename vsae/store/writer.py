@@ -10,6 +10,8 @@ trims the arrays to the tokens the text actually gave and marks the table comple
 
 from __future__ import annotations
 
+import logging
+
 import hashlib
 import json
 import math
@@ -33,6 +35,8 @@ from vsae.store.layout import (
 )
 
 CONTEXT_BLOCK_CHUNKS = 16  # contexts are written in whole-chunk blocks, so a rewrite never reads a torn chunk
+
+log = logging.getLogger("vsae.store")
 
 
 class AlreadyHarvested(VsaeError):
@@ -299,6 +303,12 @@ class TableWriter:
         self.group["chunk_sumsq"].resize((n_chunks,))
         self.group["committed"].resize((n_shards,))
         heldout = min(n_chunks - 1, math.ceil(heldout_fraction * n_chunks)) if heldout_fraction > 0 else 0
+        if heldout and heldout / n_chunks > 2 * heldout_fraction:  # whole chunks: a short table rounds up
+            log.warning(
+                "%s: held out %d of %d chunks (%.0f%% of the tokens, asked %.0f%%); a smaller --chunk-tokens "
+                "gives a finer split",
+                self.path, heldout, n_chunks, 100 * heldout / n_chunks, 100 * heldout_fraction,
+            )
         sums = np.asarray(self.group["chunk_sum"][: n_chunks - heldout])
         sumsq = np.asarray(self.group["chunk_sumsq"][: n_chunks - heldout])
         n_train = min(n_tokens, (n_chunks - heldout) * self.chunk_tokens)

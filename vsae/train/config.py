@@ -83,6 +83,16 @@ class TrainConfig:
         _check_device(self.device)
 
 
+def clip_norm(value) -> float | None:
+    """--grad-clip-norm / sweep grad_clip_norm: a positive number, or none (clipping off)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise VsaeError(f"--grad-clip-norm takes a positive number or none (got {value!r})") from exc
+
+
 def _check_device(device: str) -> None:
     import torch
 

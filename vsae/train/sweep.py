@@ -55,4 +55,9 @@ def load_sweep(path: str | Path):
                 overrides=entry,
             )
         )
-    return specs, data.get("train", {})
+    train = dict(data.get("train", {}))
+    if "grad_clip_norm" in train:  # "none" turns clipping off, as on the command line
+        from vsae.train.config import clip_norm
+
+        train["grad_clip_norm"] = clip_norm(train["grad_clip_norm"])
+    return specs, train
