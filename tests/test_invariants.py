@@ -335,6 +335,8 @@ def test_invariant_vsae_scale_defaults():
     assert cfg.kl_coeff == 2.5e-3 and math.isclose(cfg.log_var_init, -6.686, abs_tol=1e-3)
     iso = build_config("vsae_iso", D, 64, {})
     assert math.isclose(iso.kl_coeff, 0.08 / 64)
+    assert math.isclose(build_config("vsae_gated", D, F, {}).kl_coeff, 0.08 / 32)  # n_dec = 32
+    assert math.isclose(build_config("vsae_jumprelu", D, F, {"l0_target": 16.0}).kl_coeff, 0.08 / 16)
     half = build_config("vsae_topk", D, F, {"k": 32}, noise_unit=0.5)
     assert math.isclose(half.kl_coeff, 1.25e-3) and half.noise_unit == 0.5
     user = build_config("vsae_iso", D, 64, {"kl_coeff": 1.0})

@@ -18,7 +18,7 @@ SPARSE_VSAES = ["vsae_topk", "vsae_batchtopk", "vsae_jumprelu", "vsae_gated"]
 
 
 def make(name: str, **ov) -> SAE:
-    if "topk" in name:
+    if "topk" in name or name == "matryoshka":
         ov.setdefault("k", K)
     m = SAE(build_config(name, D, F, ov), seed=0)
     with torch.no_grad():  # move off the tied init so every path has something to do
@@ -231,3 +231,95 @@ def test_bad_site_or_scope_is_a_one_line_error(bad):
     with pytest.raises(VsaeError) as err:
         build_config("vsae_iso", D, F, bad)
     assert "\n" not in str(err.value)
+
+
+def test_invariant_matryoshka_prefix_losses_from_the_weights():
+    """Test 24: every prefix loss and the total recomputed from the weights (value-mode batch top-k)."""
+    m = make("matryoshka")
+    x = x_batch()
+    out = m.loss_terms(x, ctx(dead=torch.zeros(F, dtype=torch.bool)))
+    w = {k: v.detach() for k, v in m.state_dict().items()}
+    u = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    score = torch.where(u > 0, u, torch.full_like(u, -torch.inf))
+    mask = stable_top(score.reshape(1, -1), K * x.shape[0]).reshape(u.shape) & (u > 0)
+    f = u * mask
+    sizes = [F // 16, F // 16, F // 8, F // 4]
+    ends = [sum(sizes[: i + 1]) for i in range(4)] + [F]
+    total = 0.0
+    for i, end in enumerate(ends):
+        partial = w["b_dec"] + f[:, :end] @ w["W_dec"][:end]
+        rec = (x - partial).square().sum(-1).mean()
+        torch.testing.assert_close(out["raw"][f"rec_g{i}"], rec, rtol=1e-5, atol=1e-6)
+        total = total + rec / 5
+    torch.testing.assert_close(out["loss"], total, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    from vsae.store.synthetic import SyntheticConfig, write_synthetic
+    from vsae.store.table import open_table
+
+    root = tmp_path_factory.mktemp("site") / "s"
+    write_synthetic(SyntheticConfig(store=str(root), d=D, atoms=32, tokens=4096, chunk_tokens=1024))
+    return open_table(str(root))
+
+
+def test_invariant_norm_factor_is_exact(table):
+    """Test 27: c = sqrt(E‖x‖²) over the training split, recomputed from the stored values in fp64."""
+    x = table.read(0, table.n_train).double()
+    assert math.isclose(table.norm_factor(), float(x.square().sum(-1).mean().sqrt()), rel_tol=1e-9)
+
+
+def test_invariant_unit_rows_kept_and_b_dec_never_renormalised(table, tmp_path):
+    """Test 12 through the trainer's step: rows stay at norm 1, a non-unit b_dec keeps its norm's scale."""
+    from vsae.train.config import TrainConfig
+    from vsae.train.loop import SAERun, SAESpec
+
+    run = SAERun(SAESpec("standard", d_sae=F), table, TrainConfig(batch_size=64, steps=3), 3, 1.0, tmp_path)
+    with torch.no_grad():
+        run.model.b_dec.fill_(3.0)
+    for t in range(1, 3):
+        run.step(table.read(0, 64), t, fresh=False, log_now=False)
+        assert (run.model.W_dec.double().norm(dim=1) - 1).abs().max() < 1e-5
+    assert abs(float(run.model.b_dec.norm()) - 12.0) < 0.5  # 3·√16, moved by two small steps, not renormalised
+
+
+def test_invariant_threshold_ema_follows_the_formula():
+    """Test 18: the first defined statistic sets θ, then θ ← bθ + (1 − b)m with b = min(0.999, 1 − 20/T)."""
+    m = make("topk")
+    total = 1000
+    b = 0.98
+    stats = [0.5, 0.7, None, 0.2]
+    expected = None
+    for t, stat in enumerate(stats, start=200):  # past threshold_start_frac · T = 100
+        value = None if stat is None else torch.tensor(stat)
+        m.after_step(StepContext(step=t, total_steps=total), {"stats": {"theta_stat": value}})
+        if stat is not None:
+            expected = stat if expected is None else b * expected + (1 - b) * stat
+        assert torch.allclose(m.threshold, torch.full((F,), expected), rtol=1e-6)
+    early = make("topk")
+    early.after_step(StepContext(step=50, total_steps=total), {"stats": {"theta_stat": torch.tensor(0.5)}})
+    assert float(early.threshold[0]) == -1.0  # before the start fraction nothing is learned
+
+
+def test_invariant_dead_counters_advance_by_the_global_batch(table, tmp_path):
+    """Test 20 through the trainer's own step: τ_j += N unless latent j fired (by an independent top-k)."""
+    from vsae.train.config import TrainConfig
+    from vsae.train.loop import SAERun, SAESpec
+
+    n = 8
+    run = SAERun(SAESpec("topk", d_sae=F, overrides={"k": 2}), table, TrainConfig(batch_size=n, steps=6), 6,
+                 1.0, tmp_path / "o")
+    gen = torch.Generator().manual_seed(0)
+    for t in range(6):
+        x = torch.randn(n, D, generator=gen) * torch.linspace(0.2, 2, D)  # few tokens: some latents never fire
+        w = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        u = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"] if t else None
+        before = run.tau.clone()
+        run.step(x, t, fresh=True, log_now=False)
+        if t == 0:
+            continue  # step 0 re-initialises b_dec from the batch first
+        score = torch.where(u > 0, u, torch.full_like(u, -torch.inf))
+        fired = (stable_top(score, 2) & (u > 0)).any(0)
+        assert torch.equal(run.tau, torch.where(fired, torch.zeros_like(before), before + n))
+    assert int(run.tau.max()) >= 2 * n  # some latent went several steps without firing
