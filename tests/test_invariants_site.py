@@ -323,3 +323,18 @@ def test_invariant_dead_counters_advance_by_the_global_batch(table, tmp_path):
         fired = (stable_top(score, 2) & (u > 0)).any(0)
         assert torch.equal(run.tau, torch.where(fired, torch.zeros_like(before), before + n))
     assert int(run.tau.max()) >= 2 * n  # some latent went several steps without firing
+
+
+@pytest.mark.parametrize("var_flag", [0, 1])
+def test_invariant_permean_kl_equals_the_textbook_gaussian_kl(var_flag):
+    """Test 6 for permean: ½Σ[(μ̃ − m)²/s² + σ̃²/s² − 1 − ln(σ̃²/s²)] in fp64 (σ̃ ≡ 1 for var_flag 0)."""
+    from vsae.archs import priors
+
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(5, F, generator=g, dtype=torch.float64)
+    ell = torch.randn(5, F, generator=g, dtype=torch.float64) if var_flag else None
+    m = torch.randn(F, generator=g, dtype=torch.float64)
+    s = 1.7
+    var = torch.exp(ell) if var_flag else torch.ones_like(mu)
+    expected = 0.5 * ((mu - m) ** 2 / s**2 + var / s**2 - 1 - torch.log(var / s**2)).sum(-1)
+    torch.testing.assert_close(priors.kl_permean(mu, ell, m, s, None), expected, rtol=1e-9, atol=1e-9)
