@@ -281,7 +281,9 @@ def test_invariant_unit_rows_kept_and_b_dec_never_renormalised(table, tmp_path):
     for t in range(1, 3):
         run.step(table.read(0, 64), t, fresh=False, log_now=False)
         assert (run.model.W_dec.double().norm(dim=1) - 1).abs().max() < 1e-5
-    assert abs(float(run.model.b_dec.norm()) - 12.0) < 0.5  # 3·√16, moved by two small steps, not renormalised
+    assert (
+        abs(float(run.model.b_dec.norm()) - 12.0) < 0.5
+    )  # 3·√16, moved by two small steps, not renormalised
 
 
 def test_invariant_threshold_ema_follows_the_formula():
@@ -308,11 +310,19 @@ def test_invariant_dead_counters_advance_by_the_global_batch(table, tmp_path):
     from vsae.train.loop import SAERun, SAESpec
 
     n = 8
-    run = SAERun(SAESpec("topk", d_sae=F, overrides={"k": 2}), table, TrainConfig(batch_size=n, steps=6), 6,
-                 1.0, tmp_path / "o")
+    run = SAERun(
+        SAESpec("topk", d_sae=F, overrides={"k": 2}),
+        table,
+        TrainConfig(batch_size=n, steps=6),
+        6,
+        1.0,
+        tmp_path / "o",
+    )
     gen = torch.Generator().manual_seed(0)
     for t in range(6):
-        x = torch.randn(n, D, generator=gen) * torch.linspace(0.2, 2, D)  # few tokens: some latents never fire
+        x = torch.randn(n, D, generator=gen) * torch.linspace(
+            0.2, 2, D
+        )  # few tokens: some latents never fire
         w = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         u = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"] if t else None
         before = run.tau.clone()

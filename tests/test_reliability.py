@@ -64,38 +64,188 @@ CASES = [
     ("resample-at-text", lambda w, t: train(w, "--resample-at", "abc", "--out", t / "o"), "--resample-at"),
     ("device-bogus", lambda w, t: train(w, "--device", "bogus", "--out", t / "o"), "--device"),
     ("batch-size-negative", lambda w, t: train(w, "--batch-size", "-1", "--out", t / "o"), "--batch-size"),
-    ("dict-size-0", lambda w, t: ("train", "--store", w["store"], "--dict-size", "0", "--out", t / "o"), "d_sae"),
-    ("expansion-0", lambda w, t: ("train", "--store", w["store"], "--expansion", "0", "--out", t / "o"), "expansion"),
+    (
+        "dict-size-0",
+        lambda w, t: ("train", "--store", w["store"], "--dict-size", "0", "--out", t / "o"),
+        "d_sae",
+    ),
+    (
+        "expansion-0",
+        lambda w, t: ("train", "--store", w["store"], "--expansion", "0", "--out", t / "o"),
+        "expansion",
+    ),
     ("lr-not-a-number", lambda w, t: train(w, "--lr", "abc", "--out", t / "o"), "--lr"),
     ("unknown-flag", lambda w, t: train(w, "--no-such-flag", "--out", t / "o"), "no-such-flag"),
-    ("bad-site", lambda w, t: train(w, "--arch", "vsae_topk", "--set", "selection_site=noise", "--out", t / "o"), "selection_site"),
-    ("sweep-k-string", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, '[[sae]]\narch = "topk"\nk = "8"\n')), "k="),
-    ("sweep-d-sae-string", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, '[[sae]]\narch = "topk"\nd_sae = "big"\n')), "d_sae"),
-    ("sweep-sae-number", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, "sae = 5\n")), "[[sae]]"),
-    ("sweep-steps-string", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, '[train]\nsteps = "10"\n[[sae]]\narch = "topk"\n')), "steps"),
-    ("config-drops-arch", lambda w, t: ("train", "--store", w["store"], "--k", "3", "--out", t / "o", "--config", sweep(t, '[[sae]]\narch = "topk"\n')), "--k"),
-    ("resume-other-width", lambda w, t: ("train", "--store", w["other"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--resume", "--out", w["ckpt"].parent), "d_in=16 but --resume was given d_in=24"),
-    ("resume-changed-lr", lambda w, t: ("train", "--store", w["store"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--lr", "0.5", "--resume", "--out", w["ckpt"].parent), "lr=0.5"),
+    (
+        "bad-site",
+        lambda w, t: train(w, "--arch", "vsae_topk", "--set", "selection_site=noise", "--out", t / "o"),
+        "selection_site",
+    ),
+    (
+        "sweep-k-string",
+        lambda w, t: (
+            "train",
+            "--store",
+            w["store"],
+            "--out",
+            t / "o",
+            "--config",
+            sweep(t, '[[sae]]\narch = "topk"\nk = "8"\n'),
+        ),
+        "k=",
+    ),
+    (
+        "sweep-d-sae-string",
+        lambda w, t: (
+            "train",
+            "--store",
+            w["store"],
+            "--out",
+            t / "o",
+            "--config",
+            sweep(t, '[[sae]]\narch = "topk"\nd_sae = "big"\n'),
+        ),
+        "d_sae",
+    ),
+    (
+        "sweep-sae-number",
+        lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, "sae = 5\n")),
+        "[[sae]]",
+    ),
+    (
+        "sweep-steps-string",
+        lambda w, t: (
+            "train",
+            "--store",
+            w["store"],
+            "--out",
+            t / "o",
+            "--config",
+            sweep(t, '[train]\nsteps = "10"\n[[sae]]\narch = "topk"\n'),
+        ),
+        "steps",
+    ),
+    (
+        "config-drops-arch",
+        lambda w, t: (
+            "train",
+            "--store",
+            w["store"],
+            "--k",
+            "3",
+            "--out",
+            t / "o",
+            "--config",
+            sweep(t, '[[sae]]\narch = "topk"\n'),
+        ),
+        "--k",
+    ),
+    (
+        "resume-other-width",
+        lambda w, t: (
+            "train",
+            "--store",
+            w["other"],
+            "--arch",
+            "topk",
+            "--k",
+            "4",
+            "--dict-size",
+            "64",
+            "--steps",
+            "8",
+            "--resume",
+            "--out",
+            w["ckpt"].parent,
+        ),
+        "d_in=16 but --resume was given d_in=24",
+    ),
+    (
+        "resume-changed-lr",
+        lambda w, t: (
+            "train",
+            "--store",
+            w["store"],
+            "--arch",
+            "topk",
+            "--k",
+            "4",
+            "--dict-size",
+            "64",
+            "--steps",
+            "8",
+            "--lr",
+            "0.5",
+            "--resume",
+            "--out",
+            w["ckpt"].parent,
+        ),
+        "lr=0.5",
+    ),
     ("export-into-itself", lambda w, t: ("export", w["ckpt"], w["ckpt"]), "itself"),
     ("export-into-foreign-folder", lambda w, t: ("export", w["ckpt"], _foreign(t)), "did not export"),
     ("grad-clip-0", lambda w, t: train(w, "--grad-clip-norm", "0", "--out", t / "o"), "--grad-clip-norm"),
-    ("grad-clip-text", lambda w, t: train(w, "--grad-clip-norm", "off", "--out", t / "o"), "--grad-clip-norm"),
+    (
+        "grad-clip-text",
+        lambda w, t: train(w, "--grad-clip-norm", "off", "--out", t / "o"),
+        "--grad-clip-norm",
+    ),
     ("betas-out-of-range", lambda w, t: train(w, "--betas", "0.9,1.5", "--out", t / "o"), "betas"),
-    ("sweep-grad-clip-text", lambda w, t: ("train", "--store", w["store"], "--out", t / "o", "--config", sweep(t, '[train]\ngrad_clip_norm = "off"\n[[sae]]\narch = "topk"\n')), "--grad-clip-norm"),
-    ("harvest-empty-layer", lambda w, t: ("harvest", "smollm2-135m", "--layer", "", "--store", t / "s"), "--layer"),
-    ("harvest-empty-site", lambda w, t: ("harvest", "smollm2-135m", "--site", "", "--store", t / "s"), "--site"),
-    ("harvest-batch-size-negative", lambda w, t: ("harvest", "smollm2-135m", "--batch-size", "-1", "--store", t / "s"), "--batch-size"),
-    ("harvest-chunk-tokens-0", lambda w, t: ("harvest", "smollm2-135m", "--chunk-tokens", "0", "--store", t / "s"), "--chunk-tokens"),
+    (
+        "sweep-grad-clip-text",
+        lambda w, t: (
+            "train",
+            "--store",
+            w["store"],
+            "--out",
+            t / "o",
+            "--config",
+            sweep(t, '[train]\ngrad_clip_norm = "off"\n[[sae]]\narch = "topk"\n'),
+        ),
+        "--grad-clip-norm",
+    ),
+    (
+        "harvest-empty-layer",
+        lambda w, t: ("harvest", "smollm2-135m", "--layer", "", "--store", t / "s"),
+        "--layer",
+    ),
+    (
+        "harvest-empty-site",
+        lambda w, t: ("harvest", "smollm2-135m", "--site", "", "--store", t / "s"),
+        "--site",
+    ),
+    (
+        "harvest-batch-size-negative",
+        lambda w, t: ("harvest", "smollm2-135m", "--batch-size", "-1", "--store", t / "s"),
+        "--batch-size",
+    ),
+    (
+        "harvest-chunk-tokens-0",
+        lambda w, t: ("harvest", "smollm2-135m", "--chunk-tokens", "0", "--store", t / "s"),
+        "--chunk-tokens",
+    ),
     ("synthetic-noise-nan", lambda w, t: ("synthetic", "--store", t / "s", "--noise", "nan"), "noise"),
     ("synthetic-active-nan", lambda w, t: ("synthetic", "--store", t / "s", "--active", "nan"), "active"),
     ("info-verify-missing-chunk", lambda w, t: ("info", _damaged(w, t, "missing"), "--verify"), "missing"),
-    ("train-on-missing-chunk", lambda w, t: ("train", "--store", _damaged(w, t, "missing"), "--out", t / "o"), "missing"),
+    (
+        "train-on-missing-chunk",
+        lambda w, t: ("train", "--store", _damaged(w, t, "missing"), "--out", t / "o"),
+        "missing",
+    ),
     ("info-verify-flipped-byte", lambda w, t: ("info", _damaged(w, t, "flip"), "--verify"), "corrupted"),
     ("store-zarr-json-not-json", lambda w, t: ("info", _damaged(w, t, "zarr.json")), "zarr.json"),
     ("eval-cfg-not-json", lambda w, t: ("eval", _bad_ckpt(w, t, "cfg-text"), "--no-ce"), "cfg.json"),
     ("eval-cfg-not-object", lambda w, t: ("eval", _bad_ckpt(w, t, "cfg-list"), "--no-ce"), "cfg.json"),
-    ("eval-truncated-weights", lambda w, t: ("eval", _bad_ckpt(w, t, "truncate"), "--no-ce"), "sae.safetensors"),
-    ("eval-bad-header-weights", lambda w, t: ("eval", _bad_ckpt(w, t, "header"), "--no-ce"), "sae.safetensors"),
+    (
+        "eval-truncated-weights",
+        lambda w, t: ("eval", _bad_ckpt(w, t, "truncate"), "--no-ce"),
+        "sae.safetensors",
+    ),
+    (
+        "eval-bad-header-weights",
+        lambda w, t: ("eval", _bad_ckpt(w, t, "header"), "--no-ce"),
+        "sae.safetensors",
+    ),
 ]
 
 
@@ -164,7 +314,19 @@ def test_malicious_trainer_state_never_runs(world, tmp_path):
             return (Path.write_text, (marker, "ran"))
 
     (out / "topk_64_k4_s0" / "trainer_state.pt").write_bytes(pickle.dumps({"model": Payload()}))
-    args = ("train", "--store", world["store"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8")
+    args = (
+        "train",
+        "--store",
+        world["store"],
+        "--arch",
+        "topk",
+        "--k",
+        "4",
+        "--dict-size",
+        "64",
+        "--steps",
+        "8",
+    )
     proc = run_vsae(*args, "--resume", "--out", out, expect=2, cwd=tmp_path)
     assert "trainer state" in one_line_error(proc)
     assert not marker.exists()
@@ -175,13 +337,33 @@ def test_export_twice_replaces_only_its_own_files(world, tmp_path):
     run_vsae("export", world["ckpt"], out, cwd=tmp_path)
     first = folder_hash(out)
     run_vsae("export", world["ckpt"], out, cwd=tmp_path)
-    assert folder_hash(out) == first and {p.name for p in out.iterdir()} == {"cfg.json", "sae_weights.safetensors"}
+    assert folder_hash(out) == first and {p.name for p in out.iterdir()} == {
+        "cfg.json",
+        "sae_weights.safetensors",
+    }
     assert json.loads((out / "cfg.json").read_text())["metadata"]["vsae_architecture"] == "topk"
 
 
 def _train_args(store, out, steps=12):
-    return ("train", "--store", store, "--arch", "vsae_topk", "--k", "4", "--dict-size", "64",
-            "--steps", str(steps), "--batch-size", "256", "--save-every", "4", "--out", out)
+    return (
+        "train",
+        "--store",
+        store,
+        "--arch",
+        "vsae_topk",
+        "--k",
+        "4",
+        "--dict-size",
+        "64",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "256",
+        "--save-every",
+        "4",
+        "--out",
+        out,
+    )
 
 
 def _final_state(run: Path) -> dict:
@@ -204,8 +386,13 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(world, tmp_path, failpoi
     run_vsae(*_train_args(world["store"], full), cwd=tmp_path)
     exe = Path(sys.executable).with_name("vsae")
     env = {**os.environ, "VSAE_FAILPOINT": failpoint}
-    killed = subprocess.run([str(exe), *map(str, _train_args(world["store"], part))], env=env, cwd=tmp_path,
-                            capture_output=True, timeout=600)
+    killed = subprocess.run(
+        [str(exe), *map(str, _train_args(world["store"], part))],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=600,
+    )
     assert killed.returncode == -9
     run = part / "vsae_topk_64_k4_s0"
     assert not (run / "cfg.json").exists() and (run / "checkpoints" / "step_4" / "trainer_state.pt").exists()
@@ -223,8 +410,14 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last(world, tmp
 
     exe = Path(sys.executable).with_name("vsae")
     env = {**os.environ, "VSAE_FAILPOINT": "checkpoint_write:2:enospc"}
-    proc = subprocess.run([str(exe), *map(str, _train_args(world["store"], tmp_path / "o"))], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(exe), *map(str, _train_args(world["store"], tmp_path / "o"))],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]  # after the run's own progress lines
     assert last.startswith("error: disk full"), proc.stderr
@@ -241,8 +434,14 @@ def test_ctrl_c_says_interrupted_and_keeps_checkpoints(world, tmp_path):
 
     exe = Path(sys.executable).with_name("vsae")
     env = {**os.environ, "VSAE_FAILPOINT": "train_step:6:sigint"}
-    proc = subprocess.run([str(exe), *map(str, _train_args(world["store"], tmp_path / "o"))], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(exe), *map(str, _train_args(world["store"], tmp_path / "o"))],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 130 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("interrupted"), proc.stderr
     assert (tmp_path / "o" / "vsae_topk_64_k4_s0" / "checkpoints" / "step_4" / "trainer_state.pt").exists()
@@ -261,8 +460,20 @@ def test_bad_jsonl_names_the_file_and_line(tiny_model, tmp_path, case):
     body, needle = JSONL[case]
     data = tmp_path / "docs.jsonl"
     data.write_bytes(body if isinstance(body, bytes) else body.encode())
-    proc = run_vsae("harvest", tiny_model, "--layer", "1", "--dataset", data, "--tokens", "64",
-                    "--store", tmp_path / "s", expect=2, cwd=tmp_path)
+    proc = run_vsae(
+        "harvest",
+        tiny_model,
+        "--layer",
+        "1",
+        "--dataset",
+        data,
+        "--tokens",
+        "64",
+        "--store",
+        tmp_path / "s",
+        expect=2,
+        cwd=tmp_path,
+    )
     line = one_line_error(proc)
     assert needle in line and "docs.jsonl" in line, line
     assert not (tmp_path / "s").exists()
@@ -279,12 +490,29 @@ def test_clipping_can_be_turned_off_from_the_flag_and_the_sweep_file(world, tmp_
     """--grad-clip-norm none and grad_clip_norm = "none" train alike, and differently from clipping at 1e-3."""
     from safetensors.torch import load_file
 
-    base = ("train", "--store", world["store"], "--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "6")
+    base = (
+        "train",
+        "--store",
+        world["store"],
+        "--arch",
+        "topk",
+        "--k",
+        "4",
+        "--dict-size",
+        "64",
+        "--steps",
+        "6",
+    )
     run_vsae(*base, "--grad-clip-norm", "none", "--lr", "0.01", "--out", tmp_path / "off", cwd=tmp_path)
     run_vsae(*base, "--grad-clip-norm", "0.001", "--lr", "0.01", "--out", tmp_path / "on", cwd=tmp_path)
-    file = sweep(tmp_path, '[train]\nsteps = 6\nlr = 0.01\ngrad_clip_norm = "none"\n[[sae]]\narch = "topk"\nk = 4\nd_sae = 64\n')
+    file = sweep(
+        tmp_path,
+        '[train]\nsteps = 6\nlr = 0.01\ngrad_clip_norm = "none"\n[[sae]]\narch = "topk"\nk = 4\nd_sae = 64\n',
+    )
     run_vsae("train", "--store", world["store"], "--config", file, "--out", tmp_path / "sw", cwd=tmp_path)
-    w = {k: load_file(tmp_path / k / "topk_64_k4_s0" / "sae.safetensors")["W_enc"] for k in ("off", "on", "sw")}
+    w = {
+        k: load_file(tmp_path / k / "topk_64_k4_s0" / "sae.safetensors")["W_enc"] for k in ("off", "on", "sw")
+    }
     assert (w["off"] - w["sw"]).abs().max() == 0
     assert (w["off"] - w["on"]).abs().max() > 1e-4
     cfg = json.loads((tmp_path / "sw" / "topk_64_k4_s0" / "cfg.json").read_text())

@@ -117,7 +117,9 @@ def read_cfg(path: str | Path) -> dict:
     try:
         cfg = json.loads(cfg_file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise VsaeError(f"{cfg_file} is not valid JSON ({type(exc).__name__}); the checkpoint is damaged") from exc
+        raise VsaeError(
+            f"{cfg_file} is not valid JSON ({type(exc).__name__}); the checkpoint is damaged"
+        ) from exc
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
         raise VsaeError(f"{cfg_file} is not a vsae checkpoint cfg.json (format={found!r})")
@@ -134,7 +136,9 @@ def load_sae(path: str | Path, space: str = "raw") -> SAE:
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-        raise VsaeError(f"{weights} cannot be read ({type(exc).__name__}); the checkpoint is damaged") from exc
+        raise VsaeError(
+            f"{weights} cannot be read ({type(exc).__name__}); the checkpoint is damaged"
+        ) from exc
     missing = set(model.state_dict()) ^ set(state)
     if missing:
         raise VsaeError(f"{path}/sae.safetensors does not match its cfg.json (tensors {sorted(missing)})")

@@ -42,7 +42,9 @@ class _Step(torch.autograd.Function):
         return torch.zeros_like(u), grad_theta, None
 
 
-def jumprelu(z: torch.Tensor, theta: torch.Tensor, h: float, site: torch.Tensor | None = None) -> torch.Tensor:
+def jumprelu(
+    z: torch.Tensor, theta: torch.Tensor, h: float, site: torch.Tensor | None = None
+) -> torch.Tensor:
     """f = z ⊙ H(s − θ) with the gate decided on the site s (default z itself: the plain JumpReLU).
 
     ∂f/∂z = H(s − θ); ∂f/∂θ = −((θ + z − s)/h) rect((s − θ)/h), the jump height at s = θ (θ/h when

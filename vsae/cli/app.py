@@ -239,10 +239,18 @@ def train(
     if config is not None:
         import dataclasses
 
-        given = [n for n, v in (("--k", k), ("--var-flag", var_flag), ("--dict-size", dict_size)) if v is not None]
-        given += ["--set"] * bool(set_) + ["--expansion"] * (expansion is not None) + ["--arch"] * (arch != ["topk"])
+        given = [
+            n for n, v in (("--k", k), ("--var-flag", var_flag), ("--dict-size", dict_size)) if v is not None
+        ]
+        given += (
+            ["--set"] * bool(set_)
+            + ["--expansion"] * (expansion is not None)
+            + ["--arch"] * (arch != ["topk"])
+        )
         if given:
-            raise VsaeError(f"{given[0]} does not combine with --config; put it in the sweep file's [[sae]] tables")
+            raise VsaeError(
+                f"{given[0]} does not combine with --config; put it in the sweep file's [[sae]] tables"
+            )
 
         from vsae.train.sweep import load_sweep
 
@@ -295,7 +303,9 @@ def info(
         results_console.print(info_table(store, rows))
     damaged = [f"{r['table']}: {r['damage']}" for r in rows if r["damage"]]
     if damaged:
-        raise VsaeError(f"damaged table {damaged[0]}" + (f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""))
+        raise VsaeError(
+            f"damaged table {damaged[0]}" + (f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else "")
+        )
 
 
 @app.command()

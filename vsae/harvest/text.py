@@ -81,7 +81,9 @@ def _jsonl(file: Path, column: str) -> Iterator[str]:
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise VsaeError(f"{file} is not UTF-8 text (byte {exc.start}); a .jsonl file holds one JSON object per line") from exc
+        raise VsaeError(
+            f"{file} is not UTF-8 text (byte {exc.start}); a .jsonl file holds one JSON object per line"
+        ) from exc
     for n, line in enumerate(lines):
         if not line.strip():
             continue

@@ -5,9 +5,9 @@ from __future__ import annotations
 import fsspec
 from rich.table import Table as RichTable
 
+from vsae.errors import VsaeError
 from vsae.store.layout import open_root
 from vsae.store.table import list_tables
-from vsae.errors import VsaeError
 from vsae.store.verify import check_present, verify_table
 from vsae.store.writer import committed_tokens
 
@@ -82,7 +82,8 @@ def info_table(store: str, rows: list[dict]) -> RichTable:
             lambda r: (
                 f"damaged: {r['damage']}"
                 if r["damage"]
-                else "complete" + (f" (verified {r['objects_verified']} objects)" if r["objects_verified"] else "")
+                else "complete"
+                + (f" (verified {r['objects_verified']} objects)" if r["objects_verified"] else "")
                 if r["complete"]
                 else f"partial ({r['tokens']:,} of {r['progress']['of']:,} tokens)"
             ),

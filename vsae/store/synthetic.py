@@ -4,7 +4,6 @@ dictionary, written as a real store table (with the true atoms beside it) so rec
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -48,7 +47,12 @@ CTX = 128
 def write_synthetic(cfg: SyntheticConfig) -> dict:
     """Generate and store the table; the true atoms go to the array `true_atoms` [atoms, d]."""
     finite = math.isfinite(cfg.active) and math.isfinite(cfg.noise)
-    if min(cfg.d, cfg.atoms, cfg.tokens, cfg.chunk_tokens) < 1 or not finite or cfg.active <= 0 or cfg.noise < 0:
+    if (
+        min(cfg.d, cfg.atoms, cfg.tokens, cfg.chunk_tokens) < 1
+        or not finite
+        or cfg.active <= 0
+        or cfg.noise < 0
+    ):
         raise VsaeError(
             "synthetic needs positive --d, --atoms, --tokens, --chunk-tokens and --active, and --noise >= 0"
         )

@@ -107,7 +107,9 @@ def _metadata_errors(root: zarr.Group):
         yield
     except (ValueError, TypeError, KeyError) as exc:
         where = getattr(root.store, "root", root.store)
-        raise VsaeError(f"store {where}: a zarr.json metadata file is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise VsaeError(
+            f"store {where}: a zarr.json metadata file is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
 
 
 def list_tables(root: zarr.Group) -> list[str]:

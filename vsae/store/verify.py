@@ -19,7 +19,9 @@ def object_keys(arr: zarr.Array) -> list[tuple[str, tuple[slice, ...]]]:
     grid = [math.ceil(s / b) for s, b in zip(arr.shape, block, strict=True)]
     out = []
     for idx in itertools.product(*map(range, grid)):
-        region = tuple(slice(i * b, min(s, (i + 1) * b)) for i, b, s in zip(idx, block, arr.shape, strict=True))
+        region = tuple(
+            slice(i * b, min(s, (i + 1) * b)) for i, b, s in zip(idx, block, arr.shape, strict=True)
+        )
         out.append(("c/" + "/".join(map(str, idx)), region))
     return out
 

@@ -10,10 +10,9 @@ trims the arrays to the tokens the text actually gave and marks the table comple
 
 from __future__ import annotations
 
-import logging
-
 import hashlib
 import json
+import logging
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -307,7 +306,11 @@ class TableWriter:
             log.warning(
                 "%s: held out %d of %d chunks (%.0f%% of the tokens, asked %.0f%%); a smaller --chunk-tokens "
                 "gives a finer split",
-                self.path, heldout, n_chunks, 100 * heldout / n_chunks, 100 * heldout_fraction,
+                self.path,
+                heldout,
+                n_chunks,
+                100 * heldout / n_chunks,
+                100 * heldout_fraction,
             )
         sums = np.asarray(self.group["chunk_sum"][: n_chunks - heldout])
         sumsq = np.asarray(self.group["chunk_sumsq"][: n_chunks - heldout])

@@ -65,7 +65,9 @@ class TrainConfig:
         if self.eps <= 0:
             raise VsaeError(f"eps must be positive (got {self.eps})")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
-            raise VsaeError(f"--grad-clip-norm must be positive, or none to disable clipping (got {self.grad_clip_norm})")
+            raise VsaeError(
+                f"--grad-clip-norm must be positive, or none to disable clipping (got {self.grad_clip_norm})"
+            )
         fracs = ["lr_warmup_frac", "lr_decay_frac", "sparsity_warmup_frac", "kl_warmup_frac"]
         for name in fracs:
             if not 0 <= getattr(self, name) <= 1:

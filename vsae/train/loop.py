@@ -494,7 +494,9 @@ def _append_metrics(folder: Path, metrics: dict) -> None:
 def _save(run: SAERun, provenance: dict, reader: ShuffledBatches, intermediate: bool = False) -> None:
     target = run.out / "checkpoints" / f"step_{run.step_done}" if intermediate else run.out
     try:
-        write_checkpoint(target, run.model, run.c, run.meta(provenance), run.trainer_state(reader.state_dict()))
+        write_checkpoint(
+            target, run.model, run.c, run.meta(provenance), run.trainer_state(reader.state_dict())
+        )
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
@@ -526,7 +528,9 @@ def read_trainer_state(path: Path) -> dict:
             if "Weights only load failed" in str(exc)
             else type(exc).__name__
         )
-        raise VsaeError(f"{path} is not a vsae trainer state ({reason}); resume from another checkpoint") from exc
+        raise VsaeError(
+            f"{path} is not a vsae trainer state ({reason}); resume from another checkpoint"
+        ) from exc
 
 
 def _restore(runs: list[SAERun], reader: ShuffledBatches) -> int:
@@ -558,7 +562,9 @@ def _truncate_metrics(folder: Path, step: int) -> None:
     path = folder / "metrics.jsonl"
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
+    keep = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step
+    ]
     tmp = path.with_name(".metrics.jsonl.tmp")
     tmp.write_text("".join(f"{line}\n" for line in keep))
     tmp.replace(path)

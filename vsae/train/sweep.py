@@ -46,7 +46,7 @@ def load_sweep(path: str | Path):
             raise VsaeError(f"sweep file {path}: [[sae]] number {i + 1} is not a table")
         entry = dict(entry)
         if not isinstance(entry.get("arch"), str):
-            raise VsaeError(f"[[sae]] number {i + 1} in {path} needs arch = \"NAME\"")
+            raise VsaeError(f'[[sae]] number {i + 1} in {path} needs arch = "NAME"')
         specs.append(
             SAESpec(
                 entry.pop("arch"),
