@@ -366,6 +366,18 @@ def _train_args(store, out, steps=12):
     )
 
 
+def train_with_failpoint(world, tmp_path: Path, failpoint: str, out: Path | None = None):
+    """`vsae train` (vsae_topk, 12 steps, saves every 4) in a subprocess with VSAE_FAILPOINT set."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("vsae")
+    args = [str(exe), *map(str, _train_args(world["store"], out or tmp_path / "o"))]
+    env = {**os.environ, "VSAE_FAILPOINT": failpoint}
+    return subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
 def _final_state(run: Path) -> dict:
     import torch
 
@@ -376,23 +388,11 @@ def _final_state(run: Path) -> dict:
 def test_kill_9_then_resume_equals_an_uninterrupted_run(world, tmp_path, failpoint):
     """SIGKILL after step 7 (only checkpoints/step_4 exists) or half-way through writing step_8's
     checkpoint; --resume continues from the newest complete checkpoint to the same weights."""
-    import os
-    import subprocess
-    import sys
-
     from conftest import assert_same_trainer_state
 
     full, part = tmp_path / "full", tmp_path / "part"
     run_vsae(*_train_args(world["store"], full), cwd=tmp_path)
-    exe = Path(sys.executable).with_name("vsae")
-    env = {**os.environ, "VSAE_FAILPOINT": failpoint}
-    killed = subprocess.run(
-        [str(exe), *map(str, _train_args(world["store"], part))],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=600,
-    )
+    killed = train_with_failpoint(world, tmp_path, failpoint, out=part)
     assert killed.returncode == -9
     run = part / "vsae_topk_64_k4_s0"
     assert not (run / "cfg.json").exists() and (run / "checkpoints" / "step_4" / "trainer_state.pt").exists()
@@ -404,20 +404,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(world, tmp_path, failpoi
 
 
 def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last(world, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    exe = Path(sys.executable).with_name("vsae")
-    env = {**os.environ, "VSAE_FAILPOINT": "checkpoint_write:2:enospc"}
-    proc = subprocess.run(
-        [str(exe), *map(str, _train_args(world["store"], tmp_path / "o"))],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = train_with_failpoint(world, tmp_path, "checkpoint_write:2:enospc")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]  # after the run's own progress lines
     assert last.startswith("error: disk full"), proc.stderr
@@ -428,20 +415,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last(world, tmp
 
 
 def test_ctrl_c_says_interrupted_and_keeps_checkpoints(world, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    exe = Path(sys.executable).with_name("vsae")
-    env = {**os.environ, "VSAE_FAILPOINT": "train_step:6:sigint"}
-    proc = subprocess.run(
-        [str(exe), *map(str, _train_args(world["store"], tmp_path / "o"))],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = train_with_failpoint(world, tmp_path, "train_step:6:sigint")
     assert proc.returncode == 130 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("interrupted"), proc.stderr
     assert (tmp_path / "o" / "vsae_topk_64_k4_s0" / "checkpoints" / "step_4" / "trainer_state.pt").exists()
