@@ -232,6 +232,16 @@ CASES = [
         lambda w, t: ("train", "--store", _damaged(w, t, "missing"), "--out", t / "o"),
         "missing",
     ),
+    (
+        "train-on-corrupted-statistics",
+        lambda w, t: ("train", "--store", _damaged(w, t, "stats"), "--out", t / "o"),
+        "chunk_sumsq is corrupted",
+    ),
+    (
+        "store-under-a-file",
+        lambda w, t: ("synthetic", "--store", _a_file(t) / "sub"),
+        "cannot create the store",
+    ),
     ("info-verify-flipped-byte", lambda w, t: ("info", _damaged(w, t, "flip"), "--verify"), "corrupted"),
     ("store-zarr-json-not-json", lambda w, t: ("info", _damaged(w, t, "zarr.json")), "zarr.json"),
     ("eval-cfg-not-json", lambda w, t: ("eval", _bad_ckpt(w, t, "cfg-text"), "--no-ce"), "cfg.json"),
@@ -256,12 +266,22 @@ def _foreign(tmp: Path) -> Path:
     return folder
 
 
+def _a_file(tmp: Path) -> Path:
+    (tmp / "afile").write_text("not a folder")
+    return tmp / "afile"
+
+
 def _damaged(world, tmp: Path, how: str) -> Path:
     store = tmp / "damaged"
     shutil.copytree(world["store"], store)
     table = store / "synthetic" / "resid_post.0"
     if how == "missing":
         (table / "activations" / "c" / "1" / "0").unlink()
+    elif how == "stats":
+        obj = table / "chunk_sumsq" / "c" / "0"
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        obj.write_bytes(data)
     elif how == "flip":
         obj = table / "activations" / "c" / "1" / "0"
         data = bytearray(obj.read_bytes())

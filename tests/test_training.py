@@ -83,6 +83,11 @@ def test_invariant_nonfinite_loss_raises_and_keeps_checkpoint(synth, tmp_path, m
     assert not (run / "cfg.json").exists()  # no final checkpoint from a broken run
     last = load_sae(run / "checkpoints" / "step_4")  # the last checkpoint is intact and loads
     assert torch.isfinite(last.W_dec).all()
+    # without any checkpoint, a failed fresh run leaves no folder and no log behind
+    calls["n"] = 0
+    with pytest.raises(NonFiniteLoss):
+        _train(synth, tmp_path / "nosave", steps=10)
+    assert not (tmp_path / "nosave" / "topk_64_k4_s0").exists()
 
 
 def test_invariant_unit_norm_kept_and_b_dec_free(synth, tmp_path):

@@ -98,6 +98,13 @@ def open_root(url: str, mode: str) -> zarr.Group:
         raise VsaeError(f"store {url} does not exist; create it with `vsae harvest MODEL --store {url}`")
     if local:  # zarr 3.1's LocalStore mangles listed keys under a relative root
         url = os.path.abspath(path)
+        if mode != "r":
+            try:
+                os.makedirs(url, exist_ok=True)
+            except OSError as exc:  # a file in the way, a read-only filesystem, no permission
+                raise VsaeError(
+                    f"cannot create the store {url} ({exc.strerror}); choose another --store"
+                ) from exc
     try:
         return zarr.open_group(url, mode=mode)
     except FileNotFoundError as exc:

@@ -12,7 +12,7 @@ import zarr
 
 from vsae.errors import VsaeError
 from vsae.store.layout import from_storage, open_root
-from vsae.store.verify import check_present
+from vsae.store.verify import check_present, object_keys
 
 
 class Table:
@@ -79,14 +79,25 @@ class Table:
     def train_stats(self) -> dict:
         """Mean and mean squared norm over the training split, from the per-chunk sums."""
         n = self.n_train
-        s = np.asarray(self.group["chunk_sum"][: self.n_train_chunks]).sum(axis=0)
-        sq = float(np.asarray(self.group["chunk_sumsq"][: self.n_train_chunks]).sum())
+        s = self._stat("chunk_sum").sum(axis=0)
+        sq = float(self._stat("chunk_sumsq").sum())
         return {"mean": s / n, "mean_sq_norm": sq / n, "n": n}
 
     def training_variance(self) -> float:
         """E‖x − x̄‖² of the training split in training space (x/c), i.e. 1 − ‖x̄‖²/E‖x‖²."""
         stats = self.train_stats()
         return float(1 - np.square(stats["mean"]).sum() / stats["mean_sq_norm"])
+
+    def _stat(self, name: str) -> np.ndarray:
+        """The training chunks' rows of a statistics array; a damaged object is a one-line error."""
+        arr = self.group[name]
+        try:  # object by object: a failing read then leaves no concurrent zarr reads pending at exit
+            rows = [np.asarray(arr[region]) for _, region in object_keys(arr)]
+            return np.concatenate(rows)[: self.n_train_chunks]
+        except ValueError as exc:  # crc32c mismatch or an undecodable object
+            raise VsaeError(
+                f"table {self.path}: {name} is corrupted ({str(exc).splitlines()[0][:80]}); re-harvest with --force"
+            ) from exc
 
     def norm_factor(self) -> float:
         """c = sqrt(E‖x‖²) over the training split, from the statistics recorded at harvest (spec §4.1)."""

@@ -392,11 +392,27 @@ def train(
                 _save(run, provenance, reader)
         _dump_rank_state(runs, reader, world)
         world.barrier()
+    except BaseException:
+        if not resume and world.is_main:
+            for run in runs:
+                _drop_unsaved_run(run.out)
+        raise
     finally:
         reader.close()
     if world.is_main:
         console.print(f"trained {len(runs)} SAE(s) for {total} steps in {time.time() - t0:.1f}s → {out}")
     return [run.out for run in runs]
+
+
+def _drop_unsaved_run(folder: Path) -> None:
+    """A fresh run that failed before its first checkpoint leaves nothing behind (its log would be taken
+    for a run's); a folder holding anything else, or any checkpoint, is left as it is."""
+    if (folder / "cfg.json").exists() or any((folder / "checkpoints").glob("step_*")):
+        return
+    (folder / "metrics.jsonl").unlink(missing_ok=True)
+    for empty in (folder / "checkpoints", folder):
+        if empty.is_dir() and not any(empty.iterdir()):
+            empty.rmdir()
 
 
 def _dump_rank_state(runs: list[SAERun], reader: ShuffledBatches, world: World) -> None:
