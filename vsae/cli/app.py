@@ -269,17 +269,37 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help=E["batch_size"])] = 4096,
     ce: Annotated[bool, typer.Option(help=E["ce"])] = True,
     ce_windows: Annotated[int, typer.Option(help=E["ce_windows"])] = 32,
+    saebench: Annotated[str, typer.Option(help=E["saebench"])] = "",
+    saebench_batches: Annotated[int, typer.Option(help=E["saebench_batches"])] = 2,
+    saebench_prompts: Annotated[int, typer.Option(help=E["saebench_prompts"])] = 8,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write all results to this JSON file.")
     ] = None,
 ) -> None:
-    """Evaluate checkpoints on held-out store tokens: FVE, L0, dead latents, CE-loss recovered, KL."""
+    """Evaluate checkpoints on held-out store tokens: FVE, L0, dead latents, CE-loss recovered, KL; with
+    --saebench, SAE Bench's own evals too (JSON beside each eval.json, headline numbers in the table)."""
     from vsae.evaluate.core import evaluate, find_checkpoints
     from vsae.evaluate.report import comparison_table
 
-    cfg = EvalConfig(store=store, max_tokens=max_tokens, batch_size=batch_size, ce=ce, ce_windows=ce_windows)
+    cfg = EvalConfig(
+        store=store,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        ce=ce,
+        ce_windows=ce_windows,
+        saebench=saebench,
+        saebench_batches=saebench_batches,
+        saebench_prompts=saebench_prompts,
+    )
+    if min(saebench_batches, saebench_prompts) < 1:
+        raise VsaeError("--saebench-batches and --saebench-prompts must be at least 1")
+    names = cfg.saebench_evals()  # before any work: an eval asked for by name that cannot run is an error
     results = [evaluate(p, cfg) for p in find_checkpoints(checkpoints)]
     results_console.print(comparison_table(results))
+    from vsae.evaluate.saebench_run import unreachable
+
+    for line in unreachable(names, explicit=False):
+        console.print(f"[yellow]SAE Bench skipped[/] {line}", soft_wrap=True)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
 

@@ -32,6 +32,22 @@ class EvalConfig:
     """Also measure CE-loss and KL recovered through the model (needs the model)."""
     ce_windows: int = 32
     """Held-out context windows for CE-loss recovered."""
+    saebench: str = ""
+    """SAE Bench evals to run as well, comma-separated or all (core runs offline; the others need the hub)."""
+    saebench_batches: int = 2
+    """Batches of held-out windows for each of SAE Bench core's two passes."""
+    saebench_prompts: int = 8
+    """Context windows per SAE Bench batch."""
+
+    def saebench_evals(self) -> list[str]:
+        """The SAE Bench evals asked for; one asked for by name that cannot run here is an error."""
+        from vsae.evaluate.saebench_run import parse_evals, unreachable
+
+        if not self.saebench:
+            return []
+        names = parse_evals(self.saebench)
+        unreachable(names, explicit=self.saebench.strip() != "all")
+        return names
 
 
 def find_checkpoints(paths: list[str]) -> list[Path]:
@@ -70,8 +86,34 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
         from vsae.evaluate.patching import ce_recovered
 
         result |= ce_recovered(sae, table, max_windows=cfg.ce_windows, lm=lm)
+    if "core" in cfg.saebench_evals():
+        result |= saebench_core(Path(path), sae, table, cfg)
     (Path(path) / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def saebench_core(path: Path, sae: SAE, table: Table, cfg: EvalConfig) -> dict:
+    """SAE Bench's core eval through its own code (written to saebench_core.json) and its headline numbers
+    beside vsae's own on the same tokens under SAE Bench's conventions (`saebench/…` and `saebench_vsae/…`)."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    from vsae.evaluate.patching import model_name
+    from vsae.evaluate.saebench_run import CoreSettings, own_metrics, run_core, write_results
+    from vsae.harvest.models import load_model
+
+    if table.provenance["model_id"] == "synthetic":
+        raise VsaeError(
+            "SAE Bench core needs a language model; this checkpoint was trained on a synthetic store"
+        )
+    settings = CoreSettings(cfg.saebench_prompts, cfg.saebench_batches)
+    loaded = load_model(model_name(table))
+    bench = run_core(path, table, loaded, settings)
+    write_results(path, "core", bench)
+    lm = TransformersModel(loaded.model, tokenizer=loaded.tokenizer, task="text-generation")
+    ours = own_metrics(sae, table, lm, settings)
+    flat = {k: v for group in bench["eval_result_metrics"].values() for k, v in group.items()}
+    keys = ("l0", "explained_variance", "mse", "cossim", "ce_loss_score", "kl_div_score")
+    return {f"saebench/{k}": flat[k] for k in keys} | {f"saebench_vsae/{k}": ours[k] for k in keys}
 
 
 def checkpoint_table(path: Path, sae: SAE, store: str | None) -> Table:

@@ -13,7 +13,8 @@ from vsae.harvest.sites import envoy_at
 from vsae.store.table import Table
 
 
-def _model_name(table: Table) -> str:
+def model_name(table: Table) -> str:
+    """What to load for the table's model: the name it was harvested with, else its recorded id."""
     harvest_cfg = table.provenance.get("harvest", {})
     return harvest_cfg.get("model") or table.provenance["model_id"]
 
@@ -30,7 +31,7 @@ def ce_recovered(sae: SAE, table: Table, max_windows: int = 32, batch_size: int 
     if len(windows) == 0:
         raise VsaeError(f"table {table.path} has no complete held-out window for CE-loss recovered")
     if lm is None:
-        loaded = load_model(_model_name(table))
+        loaded = load_model(model_name(table))
         lm = TransformersModel(loaded.model, tokenizer=loaded.tokenizer, task="text-generation")
     contexts = table.group["contexts"]
     special = np.asarray(prov["special_ids"], dtype=np.int64)
@@ -43,7 +44,8 @@ def ce_recovered(sae: SAE, table: Table, max_windows: int = 32, batch_size: int 
         ids = torch.from_numpy(ids_np)
         patch = torch.from_numpy(~np.isin(ids_np, special))
         logits = {
-            mode: _run(lm, prov["module_path"], ids, patch, sae, mode) for mode in ("clean", "sae", "zero")
+            mode: run_patched(lm, prov["module_path"], ids, patch, sae, mode)
+            for mode in ("clean", "sae", "zero")
         }
         targets = ids[:, 1:]
         logp_clean = torch.log_softmax(logits["clean"][:, :-1].float(), dim=-1)
@@ -67,14 +69,20 @@ def ce_recovered(sae: SAE, table: Table, max_windows: int = 32, batch_size: int 
     }
 
 
-def _run(lm, module_path: str, ids: torch.Tensor, patch: torch.Tensor, sae: SAE, mode: str) -> torch.Tensor:
+def run_patched(
+    lm, module_path: str, ids: torch.Tensor, patch: torch.Tensor, sae: SAE, mode: str, capture: bool = False
+):
+    """Logits of one forward pass with the site's output kept (clean), replaced by the SAE's
+    reconstruction (sae) or zeroed (zero) where `patch` is true; with `capture`, also the clean site output."""
     with lm.trace({"input_ids": ids, "attention_mask": torch.ones_like(ids)}):
+        envoy = envoy_at(lm, module_path)
+        h = envoy.output
+        tensor = h[0] if isinstance(h, tuple) else h
+        if capture:
+            seen = tensor.save()
         if mode != "clean":
-            envoy = envoy_at(lm, module_path)
-            h = envoy.output
-            tensor = h[0] if isinstance(h, tuple) else h
             new = sae(tensor.float()).to(tensor.dtype) if mode == "sae" else torch.zeros_like(tensor)
             new = torch.where(patch[..., None], new, tensor)
             envoy.output = (new, *h[1:]) if isinstance(h, tuple) else new
         logits = lm.output.logits.save()
-    return logits
+    return (logits, seen) if capture else logits

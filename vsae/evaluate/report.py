@@ -22,6 +22,10 @@ ROWS = [
     ("fve_sample", "FVE sampled code", "{:.4f}"),
     ("sigma_mean", "posterior σ̃ mean", "{:.4g}"),
     ("true_atom_recovery", "true-atom recovery", "{:.4f}"),
+    ("saebench/explained_variance", "SAE Bench explained var.", "{:.4f}"),
+    ("saebench/l0", "SAE Bench L0 (BOS incl.)", "{:.1f}"),
+    ("saebench/ce_loss_score", "SAE Bench CE-loss score", "{:.4f}"),
+    ("saebench/kl_div_score", "SAE Bench KL score", "{:.4f}"),
 ]
 
 

@@ -1,0 +1,70 @@
+"""`vsae eval --saebench`: SAE Bench's own core eval through the CLI, checked against vsae's own numbers on
+the same tokens under SAE Bench's conventions (the peer's code checks ours, and ours checks the adapter)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli, run_vsae
+
+
+@pytest.fixture(scope="module")
+def checkpoint(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saebench") / "ckpt"
+    run_cli(
+        "train",
+        "--store",
+        store,
+        "--arch",
+        "topk",
+        "--k",
+        "8",
+        "--dict-size",
+        "256",
+        "--steps",
+        "30",
+        "--batch-size",
+        "512",
+        "--out",
+        out,
+    )
+    return out / "topk_256_k8_s0"
+
+
+def test_saebench_core_agrees_with_vsae_on_the_same_tokens(checkpoint, tmp_path):
+    result = run_cli(
+        "eval",
+        checkpoint,
+        "--no-ce",
+        "--saebench",
+        "all",
+        "--saebench-batches",
+        "2",
+        "--saebench-prompts",
+        "4",
+        "--json",
+        tmp_path / "all.json",
+    )
+    assert "SAE Bench skipped" in result.output and "autointerp: needs an OpenAI API key" in result.output
+    r = json.loads((tmp_path / "all.json").read_text())[0]
+    bench = json.loads((checkpoint / "saebench_core.json").read_text())
+    assert bench["eval_type_id"] == "core" and bench["eval_config"]["context_size"] == 128
+    assert r["saebench/l0"] == bench["eval_result_metrics"]["sparsity"]["l0"]
+    # TransformerLens and Hugging Face run the same fp32 math in another order: logits differ by ~1e-4, so
+    # activation-level metrics agree to 1e-3 relative and the CE/KL scores (ratios of mean losses) to 2e-3.
+    assert r["saebench/l0"] == pytest.approx(r["saebench_vsae/l0"], abs=0.02)
+    for key in ("explained_variance", "mse", "cossim"):
+        assert r[f"saebench/{key}"] == pytest.approx(r[f"saebench_vsae/{key}"], rel=1e-3), key
+    for key in ("ce_loss_score", "kl_div_score"):
+        assert r[f"saebench/{key}"] == pytest.approx(r[f"saebench_vsae/{key}"], abs=2e-3), key
+    assert 0 < r["saebench/explained_variance"] < 1
+
+
+def test_an_eval_that_cannot_run_here_is_refused_before_any_work(checkpoint):
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()}
+    proc = run_vsae("eval", checkpoint, "--saebench", "core,sparse_probing", expect=2)
+    assert proc.stderr.strip().startswith("error: SAE Bench sparse_probing: needs hub datasets")
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()} == before
+    proc = run_vsae("eval", checkpoint, "--saebench", "nonsense", expect=2)
+    assert "unknown SAE Bench eval" in proc.stderr
