@@ -51,13 +51,14 @@ def test_saebench_core_agrees_with_vsae_on_the_same_tokens(checkpoint, tmp_path)
     bench = json.loads((checkpoint / "saebench_core.json").read_text())
     assert bench["eval_type_id"] == "core" and bench["eval_config"]["context_size"] == 128
     assert r["saebench/l0"] == bench["eval_result_metrics"]["sparsity"]["l0"]
-    # TransformerLens and Hugging Face run the same fp32 math in another order: logits differ by ~1e-4, so
-    # activation-level metrics agree to 1e-3 relative and the CE/KL scores (ratios of mean losses) to 2e-3.
+    # TransformerLens and Hugging Face run the same fp32 math in another order. Measured: activation-level
+    # metrics differ by < 2e-7 relative (tolerance 2e-5) and the CE/KL scores, which go on through the
+    # rest of the model and a softmax, by < 2e-4 (tolerance 1e-3).
     assert r["saebench/l0"] == pytest.approx(r["saebench_vsae/l0"], abs=0.02)
     for key in ("explained_variance", "mse", "cossim"):
-        assert r[f"saebench/{key}"] == pytest.approx(r[f"saebench_vsae/{key}"], rel=1e-3), key
+        assert r[f"saebench/{key}"] == pytest.approx(r[f"saebench_vsae/{key}"], rel=2e-5), key
     for key in ("ce_loss_score", "kl_div_score"):
-        assert r[f"saebench/{key}"] == pytest.approx(r[f"saebench_vsae/{key}"], abs=2e-3), key
+        assert r[f"saebench/{key}"] == pytest.approx(r[f"saebench_vsae/{key}"], abs=1e-3), key
     assert 0 < r["saebench/explained_variance"] < 1
 
 
