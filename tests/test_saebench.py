@@ -9,15 +9,17 @@ import pytest
 from conftest import run_cli, run_vsae
 
 
-@pytest.fixture(scope="module")
-def checkpoint(store, tmp_path_factory):
+@pytest.fixture(scope="module", params=["topk", "vsae_topk"])
+def checkpoint(store, tmp_path_factory, request):
+    """A trained topk, and a vsae_topk whose signed codes reach SAE Bench sign-split."""
+    arch = request.param
     out = tmp_path_factory.mktemp("saebench") / "ckpt"
     run_cli(
         "train",
         "--store",
         store,
         "--arch",
-        "topk",
+        arch,
         "--k",
         "8",
         "--dict-size",
@@ -29,7 +31,7 @@ def checkpoint(store, tmp_path_factory):
         "--out",
         out,
     )
-    return out / "topk_256_k8_s0"
+    return out / f"{arch}_256_k8_s0"
 
 
 def test_saebench_core_agrees_with_vsae_on_the_same_tokens(checkpoint, tmp_path):
