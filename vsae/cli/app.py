@@ -192,6 +192,11 @@ def train(
     sparsity_warmup_frac: Annotated[float, typer.Option(help=T["sparsity_warmup_frac"])] = 0.05,
     kl_warmup_frac: Annotated[float, typer.Option(help=T["kl_warmup_frac"])] = 0.1,
     buffer_chunks: Annotated[int, typer.Option(help=T["buffer_chunks"])] = 8,
+    normalization: Annotated[str, typer.Option(help=T["normalization"])] = "expected_norm",
+    lr_warmup_steps: Annotated[int | None, typer.Option(help=T["lr_warmup_steps"])] = None,
+    lr_decay_steps: Annotated[int | None, typer.Option(help=T["lr_decay_steps"])] = None,
+    sparsity_warmup_steps: Annotated[int | None, typer.Option(help=T["sparsity_warmup_steps"])] = None,
+    kl_warmup_steps: Annotated[int | None, typer.Option(help=T["kl_warmup_steps"])] = None,
     out: Annotated[Path, typer.Option(help="Output folder; each SAE gets <out>/<arch>_<F>_s<seed>/.")] = Path(
         "ckpt"
     ),
@@ -235,6 +240,11 @@ def train(
         sparsity_warmup_frac=sparsity_warmup_frac,
         kl_warmup_frac=kl_warmup_frac,
         buffer_chunks=buffer_chunks,
+        normalization=normalization,
+        lr_warmup_steps=lr_warmup_steps,
+        lr_decay_steps=lr_decay_steps,
+        sparsity_warmup_steps=sparsity_warmup_steps,
+        kl_warmup_steps=kl_warmup_steps,
     )
     if config is not None:
         import dataclasses

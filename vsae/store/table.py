@@ -83,10 +83,10 @@ class Table:
         sq = float(self._stat("chunk_sumsq").sum())
         return {"mean": s / n, "mean_sq_norm": sq / n, "n": n}
 
-    def training_variance(self) -> float:
-        """E‖x − x̄‖² of the training split in training space (x/c), i.e. 1 − ‖x̄‖²/E‖x‖²."""
+    def variance(self) -> float:
+        """E‖x − x̄‖² of the training split in raw space (E‖x‖² − ‖x̄‖², from the recorded statistics)."""
         stats = self.train_stats()
-        return float(1 - np.square(stats["mean"]).sum() / stats["mean_sq_norm"])
+        return float(stats["mean_sq_norm"] - np.square(stats["mean"]).sum())
 
     def _stat(self, name: str) -> np.ndarray:
         """The training chunks' rows of a statistics array; a damaged object is a one-line error."""

@@ -28,6 +28,16 @@ class TrainConfig:
     """Fraction of steps over which sparsity penalties ramp up."""
     kl_warmup_frac: float = 0.1
     """Fraction of steps over which the KL term ramps up."""
+    lr_warmup_steps: int | None = None
+    """LR warm-up in steps (replaces lr_warmup_frac; recipes from the peers count steps)."""
+    lr_decay_steps: int | None = None
+    """Final steps of linear LR decay (replaces lr_decay_frac)."""
+    sparsity_warmup_steps: int | None = None
+    """Steps over which sparsity penalties ramp up (replaces sparsity_warmup_frac)."""
+    kl_warmup_steps: int | None = None
+    """Steps over which the KL term ramps up (replaces kl_warmup_frac)."""
+    normalization: str = "expected_norm"
+    """Training space: expected_norm (x / c, c = sqrt(E‖x‖²)) or none (raw activations, c = 1)."""
     dead_after_tokens: int = 10_000_000
     """A latent is dead after this many tokens without firing (capped at 10% of the run)."""
     resample_at_fracs: list[float] = field(default_factory=list)
@@ -72,6 +82,11 @@ class TrainConfig:
         for name in fracs:
             if not 0 <= getattr(self, name) <= 1:
                 raise VsaeError(f"{name} must lie in [0, 1] (got {getattr(self, name)})")
+        for name in ("lr_warmup_steps", "lr_decay_steps", "sparsity_warmup_steps", "kl_warmup_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise VsaeError(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})")
+        if self.normalization not in ("expected_norm", "none"):
+            raise VsaeError(f"--normalization must be expected_norm or none (got {self.normalization!r})")
         if any(not 0 <= f <= 1 for f in self.resample_at_fracs):
             raise VsaeError(f"--resample-at fractions must lie in [0, 1] (got {self.resample_at_fracs})")
         positive = ["batch_size", "log_every", "buffer_chunks", "dead_after_tokens", "resample_pool_tokens"]
@@ -83,6 +98,11 @@ class TrainConfig:
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise VsaeError(f"--compute-dtype must be float32 or bfloat16 (got {self.compute_dtype!r})")
         _check_device(self.device)
+
+    def schedule_counts(self) -> dict[str, int | None]:
+        """Step-count forms given in place of fractions (None: use the fraction)."""
+        names = ("lr_warmup", "lr_decay", "sparsity_warmup", "kl_warmup")
+        return {n: getattr(self, f"{n}_steps") for n in names}
 
 
 def clip_norm(value) -> float | None:

@@ -46,6 +46,7 @@ class SAESpec:
     d_sae: int | None = None
     expansion: int | None = None
     overrides: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)  # this SAE's own lr, grad_clip_norm or betas (sweep files)
 
     def dict_size(self, d_in: int) -> int:
         """F from d_sae, or expansion × d_in (default 8); either must be a positive whole number."""
@@ -58,7 +59,7 @@ class SAESpec:
         return self.d_sae if self.d_sae is not None else d_in * (self.expansion or 8)
 
     def run_name(self, d_sae: int, seed: int) -> str:
-        tail = "".join(f"_{k}{v}" for k, v in sorted(self.overrides.items()))
+        tail = "".join(f"_{k}{v}" for k, v in sorted((self.overrides | self.train).items()))
         return f"{self.arch}_{d_sae}{tail}_s{seed}".replace("/", "-")
 
 
@@ -77,10 +78,14 @@ class SAERun:
     ):
         d_in = table.d
         d_sae = spec.dict_size(d_in)
-        self.cfg = build_config(spec.arch, d_in, d_sae, spec.overrides, noise_unit=table.training_variance())
+        # the VSAE noise budget is a fraction of the variance in training space (x / c)
+        self.cfg = build_config(spec.arch, d_in, d_sae, spec.overrides, noise_unit=table.variance() / c**2)
         arch_train = train_defaults(spec.arch, d_sae)
-        self.lr = tcfg.lr if tcfg.lr is not None else arch_train["lr"]
-        self.betas = tuple(tcfg.betas or arch_train.get("betas", (0.9, 0.999)))
+        mine = dataclasses.replace(tcfg, **spec.train)  # a sweep entry's own lr / clip / betas win
+        mine.validate()
+        self.lr = mine.lr if mine.lr is not None else arch_train["lr"]
+        self.betas = tuple(mine.betas or arch_train.get("betas", (0.9, 0.999)))
+        self.clip = mine.grad_clip_norm
         self.tcfg, self.total, self.c = tcfg, total, c
         self.world = world
         self.device = torch.device(world.device(tcfg.device))
@@ -91,7 +96,12 @@ class SAERun:
         self.names = [n for n, _ in self.model.named_parameters()]
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=self.betas, eps=tcfg.eps)
         self.schedule = Schedule.derive(
-            total, tcfg.lr_warmup_frac, tcfg.lr_decay_frac, tcfg.sparsity_warmup_frac, tcfg.kl_warmup_frac
+            total,
+            tcfg.lr_warmup_frac,
+            tcfg.lr_decay_frac,
+            tcfg.sparsity_warmup_frac,
+            tcfg.kl_warmup_frac,
+            tcfg.schedule_counts(),
         )
         self.eps_gen = make_generator(tcfg.seed, EPS_STREAM, world.rank, device=self.device)
         self.tau = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
@@ -137,7 +147,7 @@ class SAERun:
         if unit:
             _project_radial(model.W_dec)
         params = [p for p in model.parameters() if p.grad is not None]
-        clip = self.tcfg.grad_clip_norm
+        clip = self.clip
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
         for group in self.opt.param_groups:
             group["lr"] = self.lr * self.schedule.lr(t)
@@ -236,6 +246,7 @@ class SAERun:
         training = dataclasses.asdict(self.tcfg) | {
             "lr": self.lr,
             "betas": list(self.betas),
+            "grad_clip_norm": self.clip,
             "total_steps": self.total,
             "world_size": self.world.size,
             "batch_tokens": self.tcfg.batch_size,
@@ -246,7 +257,10 @@ class SAERun:
         state = {"step": self.step_done, "tokens_seen": self.tokens_seen}
         if self.model.p_state is not None:
             state |= {"p": self.model.p_state.p, "alpha": self.model.p_state.alpha}
-        return {"training": training, "provenance": provenance | {"seed": self.tcfg.seed}, "state": state}
+        meta = {"training": training, "provenance": provenance | {"seed": self.tcfg.seed}, "state": state}
+        if self.tcfg.normalization == "none":
+            meta["norm_factor_definition"] = "1 (normalization=none: trained on raw activations)"
+        return meta
 
     def trainer_state(self, reader_state: dict) -> dict:
         opt = self.opt.state_dict()
@@ -273,7 +287,8 @@ class SAERun:
         for name in ("steps", "tokens", "log_every", "save_every", "device", "extra", "lr", "betas"):
             fixed.pop(name, None)
         model = {f"model.{k}": v for k, v in self.cfg.to_dict().items()}
-        return json.loads(json.dumps(fixed | model | {"lr": self.lr, "betas": list(self.betas)}))
+        mine = {"lr": self.lr, "betas": list(self.betas), "grad_clip_norm": self.clip}
+        return json.loads(json.dumps(fixed | model | mine))
 
     def load_trainer_state(self, state: dict) -> None:
         if state["total_steps"] != self.total:
@@ -340,7 +355,7 @@ def train(
     table = open_table(store, model, site, layer)
     world = setup_world(tcfg.device)
     total = _total_steps(tcfg, table, world.size)
-    c = table.norm_factor()
+    c = table.norm_factor() if tcfg.normalization == "expected_norm" else 1.0
     out = Path(out)
     runs = [SAERun(spec, table, tcfg, total, c, out, world) for spec in specs]
     names = [r.out.name for r in runs]
@@ -491,7 +506,7 @@ def _announce(runs: list[SAERun], table: Table, c: float, total: int) -> None:
         if cfg.is_variational:
             power = predicted_noise_power(cfg)
             share = power / cfg.noise_unit
-            line += f" β={cfg.kl_coeff:.3g} predicted decoded noise {power:.3g}·E‖x‖² ({share:.3g} of the variance)"
+            line += f" β={cfg.kl_coeff:.3g} predicted decoded noise {share:.3g} of the activations' variance"
             if share > 1:
                 log.warning(
                     "%s: predicted decoded noise power %.3g exceeds the signal (β too large?)",

@@ -19,15 +19,28 @@ class Schedule:
 
     @classmethod
     def derive(
-        cls, total: int, lr_warmup_frac: float, lr_decay_frac: float, sparsity_frac: float, kl_frac: float
+        cls,
+        total: int,
+        lr_warmup_frac: float,
+        lr_decay_frac: float,
+        sparsity_frac: float,
+        kl_frac: float,
+        steps: dict[str, int | None] | None = None,
     ):
-        w = n_steps(lr_warmup_frac, total)
+        """Step counts n(φ) from the fractions, or the counts in `steps` where given (clamped to T)."""
+        steps = steps or {}
+
+        def count(name: str, frac: float) -> int:
+            given = steps.get(name)
+            return n_steps(frac, total) if given is None else min(total, given)
+
+        w = count("lr_warmup", lr_warmup_frac)
         return cls(
             total,
             w,
-            max(w, total - n_steps(lr_decay_frac, total)),
-            n_steps(sparsity_frac, total),
-            n_steps(kl_frac, total),
+            max(w, total - count("lr_decay", lr_decay_frac)),
+            count("sparsity_warmup", sparsity_frac),
+            count("kl_warmup", kl_frac),
         )
 
     def lr(self, t: int) -> float:

@@ -3,7 +3,8 @@
 [train]                # optional: any TrainConfig field (steps, batch_size, lr, seed, ...)
 steps = 1500
 
-[[sae]]                # one table per SAE: arch, d_sae or expansion, any architecture hyper-parameter
+[[sae]]                # one table per SAE: arch, d_sae or expansion, any architecture hyper-parameter,
+                       # and its own lr, grad_clip_norm or betas
 arch = "topk"
 d_sae = 512
 k = 6
@@ -16,7 +17,9 @@ import tomllib
 from pathlib import Path
 
 from vsae.errors import VsaeError
-from vsae.train.config import TrainConfig
+from vsae.train.config import TrainConfig, clip_norm
+
+PER_SAE_TRAIN = ("lr", "grad_clip_norm", "betas")  # training options one [[sae]] table may set for itself
 
 
 def load_sweep(path: str | Path):
@@ -47,17 +50,19 @@ def load_sweep(path: str | Path):
         entry = dict(entry)
         if not isinstance(entry.get("arch"), str):
             raise VsaeError(f'[[sae]] number {i + 1} in {path} needs arch = "NAME"')
+        own = {k: entry.pop(k) for k in PER_SAE_TRAIN if k in entry}
+        if "grad_clip_norm" in own:
+            own["grad_clip_norm"] = clip_norm(own["grad_clip_norm"])
         specs.append(
             SAESpec(
                 entry.pop("arch"),
                 d_sae=entry.pop("d_sae", None),
                 expansion=entry.pop("expansion", None),
                 overrides=entry,
+                train=own,
             )
         )
     train = dict(data.get("train", {}))
     if "grad_clip_norm" in train:  # "none" turns clipping off, as on the command line
-        from vsae.train.config import clip_norm
-
         train["grad_clip_norm"] = clip_norm(train["grad_clip_norm"])
     return specs, train
