@@ -53,6 +53,16 @@ def test_raw_training_round_trips_and_evaluates_on_raw_activations(tmp_path):
     held = held.double()
     expected = 1 - (held - x_hat).square().sum() / (held - held.mean(0)).square().sum()
     assert math.isclose(fve, float(expected), rel_tol=1e-5)
+    # export: SAELens's top-k formula on the sign-split tensors reconstructs as the raw-trained model does
+    from safetensors.torch import load_file
+
+    run_cli("export", run, tmp_path / "lens")
+    w = load_file(tmp_path / "lens" / "sae_weights.safetensors")
+    k = json.loads((tmp_path / "lens" / "cfg.json").read_text())["k"]
+    pre = torch.relu((held.float() - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
+    top = torch.topk(pre, k, dim=-1)
+    codes = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+    torch.testing.assert_close(codes @ w["W_dec"] + w["b_dec"], raw(held.float()), rtol=1e-4, atol=1e-4)
 
 
 def test_a_raw_space_recipe_recovers_the_true_atoms(tmp_path):
