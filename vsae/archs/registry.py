@@ -153,6 +153,14 @@ def train_defaults(name: str, d_sae: int) -> dict:
     return out
 
 
+DERIVED_KEYS = ("architecture", "d_in", "d_sae", "n_dec", "kl_coeff_source", "noise_unit", "variational")
+
+
+def settable_keys() -> list[str]:
+    """The SAEConfig fields a user may set (--set, sweep files): all but those the registry derives."""
+    return [f.name for f in dataclasses.fields(SAEConfig) if f.name not in DERIVED_KEYS]
+
+
 def build_config(
     name: str, d_in: int, d_sae: int, overrides: dict | None = None, noise_unit: float = 1.0
 ) -> SAEConfig:
@@ -160,14 +168,7 @@ def build_config(
     whose training-space variance is `noise_unit` (1.0 = E‖x‖², the value without a store)."""
     check_arch(name)
     overrides = dict(overrides or {})
-    valid = {f.name for f in dataclasses.fields(SAEConfig)} - {
-        "architecture",
-        "d_in",
-        "d_sae",
-        "n_dec",
-        "kl_coeff_source",
-        "noise_unit",
-    }
+    valid = set(settable_keys())
     unknown = set(overrides) - valid
     if unknown:
         raise VsaeError(f"unknown hyper-parameter(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")

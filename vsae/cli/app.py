@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from vsae.archs.config import SAEConfig, field_help
-from vsae.archs.registry import ARCHS
+from vsae.archs.registry import ARCHS, settable_keys
 from vsae.errors import VsaeError
 from vsae.evaluate.core import EvalConfig
 from vsae.evaluate.dashboard import DashboardConfig
@@ -113,7 +113,9 @@ def _parse_sets(values: list[str]) -> dict:
     """`--set key=value` pairs, typed by the SAEConfig field they name."""
     import dataclasses
 
-    types = {f.name: f.type for f in dataclasses.fields(SAEConfig)}
+    from vsae.archs.registry import settable_keys
+
+    types = {f.name: f.type for f in dataclasses.fields(SAEConfig) if f.name in settable_keys()}
     out = {}
     for item in values:
         if "=" not in item:
@@ -145,11 +147,9 @@ def _coerce(raw: str, typ: str, key: str):
         raise VsaeError(f"--set {key}={raw!r}: expected {typ}") from exc
 
 
-SET_KEYS = [
-    k for k in M if k not in ("architecture", "d_in", "d_sae", "n_dec", "kl_coeff_source", "variational")
-]
+SET_KEYS = settable_keys()
 TRAIN_EPILOG = (
-    "Hyper-parameters for --set KEY=VALUE (cfg.json 'model' keys; defaults per architecture, spec §5-§6):\n\n"
+    "Hyper-parameters for --set KEY=VALUE (cfg.json 'model' keys; defaults per architecture, docs/architectures.md):\n\n"
     + "\n\n".join(f"{k}: {M[k]}" for k in SET_KEYS)
 )
 
