@@ -511,3 +511,22 @@ def test_clipping_can_be_turned_off_from_the_flag_and_the_sweep_file(world, tmp_
     assert (w["off"] - w["on"]).abs().max() > 1e-4
     cfg = json.loads((tmp_path / "sw" / "topk_64_k4_s0" / "cfg.json").read_text())
     assert cfg["training"]["grad_clip_norm"] is None
+
+
+def test_kill_9_during_export_loses_nothing(world, tmp_path):
+    """Killed half-way through replacing an earlier export: the checkpoint and the earlier export are intact,
+    and the same command then finishes."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "lens"
+    run_vsae("export", world["ckpt"], out, cwd=tmp_path)
+    earlier, ckpt = folder_hash(out), folder_hash(world["ckpt"])
+    exe = Path(sys.executable).with_name("vsae")
+    env = {**os.environ, "VSAE_FAILPOINT": "export_write:1"}
+    killed = subprocess.run([str(exe), "export", str(world["ckpt"]), str(out)], env=env, capture_output=True)
+    assert killed.returncode == -9
+    assert folder_hash(out) == earlier and folder_hash(world["ckpt"]) == ckpt
+    run_vsae("export", world["ckpt"], out, cwd=tmp_path)
+    assert folder_hash(out) == earlier  # the export is deterministic

@@ -12,6 +12,7 @@ from vsae.archs.checkpoint import atomic_dir, load_sae, read_cfg
 from vsae.archs.fold import fold_to_unit, needs_sign_split, sign_split, uses_selection
 from vsae.archs.sae import SAE
 from vsae.errors import VsaeError
+from vsae.store.faults import failpoint
 
 
 def deployable(model: SAE) -> tuple[SAE, bool]:
@@ -104,5 +105,6 @@ def export_saelens(checkpoint: str | Path, out: str | Path) -> Path:
         cfg["k"] = model.cfg.k
     with atomic_dir(Path(out)) as tmp:
         save_file({n: state[n].detach().contiguous() for n in names}, tmp / "sae_weights.safetensors")
+        failpoint("export_write")  # crash tests: kill half-way through an export
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2))
     return Path(out)
