@@ -97,3 +97,53 @@ def test_step_counts_replace_fractions_and_clamp_to_the_run():
     s = Schedule.derive(100, 0.02, 0.2, 0.05, 0.1, {"lr_warmup": 7, "lr_decay": 30, "sparsity_warmup": 500})
     assert (s.warmup, s.decay_start, s.sparsity_warmup, s.kl_warmup) == (7, 70, 100, 10)
     assert s.lr(6) == 1.0 and s.lr(5) < 1.0 and s.lr(99) < s.lr(70)
+
+
+def test_an_imported_raw_checkpoint_continues_training_without_translation(tmp_path):
+    """A peer's unnormalised SAE (here: exported to SAELens and imported back) starts a new run as it is,
+    under either normalisation: after one step at a negligible lr the weights are the imported ones."""
+    from safetensors.torch import load_file
+
+    store = synthetic_store(tmp_path / "s")
+    run_cli(
+        "train",
+        "--store",
+        store,
+        "--arch",
+        "standard",
+        "--dict-size",
+        "64",
+        "--steps",
+        "30",
+        "--normalization",
+        "none",
+        "--out",
+        tmp_path / "ref",
+    )
+    run_cli("export", tmp_path / "ref" / "standard_64_s0", tmp_path / "lens")
+    run_cli("import", tmp_path / "lens", tmp_path / "imported")
+    imported = load_file(tmp_path / "imported" / "sae.safetensors")
+    for norm in ("none", "expected_norm"):
+        out = tmp_path / f"cont-{norm}"
+        run_cli(
+            "train",
+            "--store",
+            store,
+            "--arch",
+            "standard",
+            "--init-from",
+            tmp_path / "imported",
+            "--steps",
+            "1",
+            "--lr",
+            "1e-12",
+            "--normalization",
+            norm,
+            "--out",
+            out,
+        )
+        cont = load_file(out / "standard_64_from-imported_s0" / "sae.safetensors")
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            torch.testing.assert_close(cont[name], imported[name], rtol=1e-5, atol=1e-5)
+    fresh = load_file(tmp_path / "ref" / "standard_64_s0" / "sae.safetensors")
+    assert (fresh["W_enc"] - imported["W_enc"]).abs().max() < 1e-4  # the export/import round trip is exact

@@ -205,7 +205,13 @@ def train(
     ] = False,
     config: Annotated[
         Path | None,
-        typer.Option(help="Sweep file (TOML): [[sae]] tables with per-SAE settings, optional [train]."),
+        typer.Option(help="Sweep file (TOML): \\[\\[sae]] tables with per-SAE settings, optional \\[train]."),
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this checkpoint's weights and config (e.g. an imported one) instead of a fresh init."
+        ),
     ] = None,
 ) -> None:
     """Train one or more SAEs on shuffled batches from a store (one pass shared by all of them)."""
@@ -219,7 +225,14 @@ def train(
         overrides["k"] = k
     if var_flag is not None:
         overrides["var_flag"] = var_flag
-    specs = [SAESpec(a, d_sae=dict_size, expansion=expansion, overrides=dict(overrides)) for a in arch]
+    specs = [
+        SAESpec(a, d_sae=dict_size, expansion=expansion, overrides=dict(overrides), init_from=init_from)
+        for a in arch
+    ]
+    if init_from is not None and (len(specs) > 1 or overrides or dict_size or expansion or config):
+        raise VsaeError(
+            "--init-from trains one SAE with the checkpoint's own config; drop --set/--k/--dict-size/--config"
+        )
     tcfg = TrainConfig(
         lr=lr,
         batch_size=batch_size,

@@ -47,6 +47,7 @@ class SAESpec:
     expansion: int | None = None
     overrides: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)  # this SAE's own lr, grad_clip_norm or betas (sweep files)
+    init_from: Path | None = None  # start from this checkpoint's weights (its architecture and config)
 
     def dict_size(self, d_in: int) -> int:
         """F from d_sae, or expansion × d_in (default 8); either must be a positive whole number."""
@@ -60,6 +61,8 @@ class SAESpec:
 
     def run_name(self, d_sae: int, seed: int) -> str:
         tail = "".join(f"_{k}{v}" for k, v in sorted((self.overrides | self.train).items()))
+        if self.init_from is not None:
+            tail += f"_from-{Path(self.init_from).name}"
         return f"{self.arch}_{d_sae}{tail}_s{seed}".replace("/", "-")
 
 
@@ -77,9 +80,14 @@ class SAERun:
         world: World = World(),
     ):
         d_in = table.d
-        d_sae = spec.dict_size(d_in)
+        start = _initial_model(spec, table, c)
+        d_sae = start.cfg.d_sae if start is not None else spec.dict_size(d_in)
         # the VSAE noise budget is a fraction of the variance in training space (x / c)
-        self.cfg = build_config(spec.arch, d_in, d_sae, spec.overrides, noise_unit=table.variance() / c**2)
+        self.cfg = (
+            start.cfg
+            if start is not None
+            else build_config(spec.arch, d_in, d_sae, spec.overrides, noise_unit=table.variance() / c**2)
+        )
         arch_train = train_defaults(spec.arch, d_sae)
         mine = dataclasses.replace(tcfg, **spec.train)  # a sweep entry's own lr / clip / betas win
         mine.validate()
@@ -89,7 +97,8 @@ class SAERun:
         self.tcfg, self.total, self.c = tcfg, total, c
         self.world = world
         self.device = torch.device(world.device(tcfg.device))
-        self.model = SAE(self.cfg, seed=tcfg.seed).to(self.device)
+        self.model = (start if start is not None else SAE(self.cfg, seed=tcfg.seed)).to(self.device)
+        self.initialised = start is not None  # a checkpoint's weights are not re-initialised from the data
         self.loss_module = _LossModule(self.model)
         if world.active:  # DDP arms its gradient all-reduce in its own forward (§3.2 rule 1)
             self.loss_module = torch.nn.parallel.DistributedDataParallel(self.loss_module)
@@ -130,7 +139,7 @@ class SAERun:
             generator=self.eps_gen,
             diagnostics=log_now,
         )
-        if t == 0 and fresh:
+        if t == 0 and fresh and not self.initialised:
             first = self.world.gather(x)  # rank 0 initialises from every rank's first batch (rule 3)
             if self.world.is_main:
                 model.init_from_batch(first)
@@ -314,6 +323,26 @@ class SAERun:
         self.data_gen.set_state(state["data_generator"])
         if state["p_state"] is not None:
             self.model.p_state.load_state_dict(state["p_state"])
+
+
+def _initial_model(spec: SAESpec, table: Table, c: float) -> SAE | None:
+    """The checkpoint `spec.init_from` in this run's training space (x / c), with the config it records."""
+    if spec.init_from is None:
+        return None
+    from vsae.archs.checkpoint import convert_space, load_sae
+
+    raw = load_sae(spec.init_from)
+    if raw.cfg.d_in != table.d:
+        raise VsaeError(
+            f"--init-from {spec.init_from} has d_in={raw.cfg.d_in} but table {table.path} has d={table.d}"
+        )
+    if raw.cfg.architecture != spec.arch:
+        raise VsaeError(
+            f"--init-from {spec.init_from} is a {raw.cfg.architecture}; train it with --arch {raw.cfg.architecture}"
+        )
+    model = convert_space(raw, c, "normalized")
+    model.space = "normalized"
+    return model
 
 
 class _LossModule(torch.nn.Module):
