@@ -211,8 +211,9 @@ def _jumprelu_scope(m, x):
 
 
 def _batch_scope(m, x):
-    u = (x - m.b_dec) @ m.W_enc + m.b_enc
-    return _stable_top(u.abs().reshape(1, -1), 4 * x.shape[0]).reshape(u.shape)
+    u = torch.relu((x - m.b_dec) @ m.W_enc + m.b_enc)  # value mode: only μ > 0 is eligible
+    score = torch.where(u > 0, u, torch.full_like(u, -torch.inf))
+    return (_stable_top(score.reshape(1, -1), 4 * x.shape[0]).reshape(u.shape) * (u > 0)).float()
 
 
 @pytest.mark.parametrize(
@@ -225,8 +226,7 @@ def _batch_scope(m, x):
 )
 def test_invariant_base_equalities_var0(name, base, scope_fn):
     beta = 0.2
-    extra = {"topk_mode": "abs", "relu_mu": False} if base == "batchtopk" else {}
-    b = make(base, **extra)
+    b = make(base)
     x = x_batch()
     c = ctx(kl_scale=0.5)
     for scope in ("selected", "all"):

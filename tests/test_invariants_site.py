@@ -69,10 +69,13 @@ def reference(m: SAE, x: torch.Tensor, eps: torch.Tensor, site: str = "mean", de
         elif cfg.sparsifier == "jumprelu":
             mask = s > w["threshold"]
             out["l0"] = mask.float().sum(-1).mean()
-        elif cfg.sparsifier == "topk":
-            mask = stable_top(s.abs(), cfg.k)
-        else:
-            mask = stable_top(s.abs().reshape(1, -1), cfg.k * x.shape[0]).reshape(s.shape)
+        else:  # abs mode ranks |site|; value mode ranks site, only positive entries eligible
+            score = s.abs() if cfg.topk_mode == "abs" else torch.where(s > 0, s, torch.full_like(s, -torch.inf))
+            if cfg.sparsifier == "topk":
+                mask = stable_top(score, cfg.k)
+            else:
+                mask = stable_top(score.reshape(1, -1), cfg.k * x.shape[0]).reshape(s.shape)
+            mask = mask & (score > -torch.inf)
     f = z if cfg.sparsifier == "relu" else z * mask
     scope = mask if cfg.kl_scope == "selected" else torch.ones_like(mask)
     out["kl"] = 0.5 * (scope * (mu.square() + torch.expm1(ell) - ell)).sum(-1).mean()
@@ -81,7 +84,8 @@ def reference(m: SAE, x: torch.Tensor, eps: torch.Tensor, site: str = "mean", de
     if dead is not None and cfg.sparsifier in ("topk", "batchtopk"):  # AuxK, ranked at the site
         e = x - out["x_hat"]
         k_aux = min(cfg.resolved_aux_k, int(dead.sum()))
-        picked = stable_top(torch.where(dead, s.abs(), -torch.inf), k_aux)
+        aux = s.abs() if cfg.topk_mode == "abs" else torch.where(s > 0, s, torch.full_like(s, -torch.inf))
+        picked = stable_top(torch.where(dead, aux, -torch.inf), k_aux) & (aux > -torch.inf)
         e_hat = (z * picked) @ w["W_dec"]
         out["auxk"] = (e - e_hat).square().sum() / (e - e.mean(0)).square().sum()
     out |= {"f": f, "mask": mask, "mu": mu, "sigma": torch.exp(ell / 2), "z": z}

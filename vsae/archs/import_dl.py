@@ -207,6 +207,7 @@ def _map_vsae(dict_class, trainer, sd, relu_mu, notes):
         tensors["b_enc_logvar"] = _t(sd, "var_encoder.bias")
     if dict_class in ("VSAETopK", "VSAETopKMasked", "VSAEBatchTopK"):
         ov["k"] = int(sd["k"]) if "k" in sd else int(trainer["k"])
+        ov["topk_mode"] = "abs"  # the fork ranks |z| (vsae_batchtopk's own default is value mode)
         ov.pop("decoder_norm", None)
         if dict_class == "VSAETopKMasked":
             ov["kl_scope"] = "selected"
