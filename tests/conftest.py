@@ -35,6 +35,29 @@ def run_vsae(*args: str, expect: int = 0, cwd: Path | None = None) -> subprocess
     return proc
 
 
+def run_main(capfd, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`vsae ARGS` through the console entry point in this process (its error handling, exit code, stdout
+    and stderr as a user sees them) — the same as run_vsae without a Python start-up per call."""
+    from vsae.cli.app import main
+
+    old_argv, old_cwd = sys.argv, os.getcwd()
+    sys.argv = ["vsae", *map(str, args)]
+    capfd.readouterr()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, out, err)
+
+
 def assert_same_trainer_state(a: dict, b: dict) -> None:
     """Model tensors, Adam moments and τ of two trainer states are bitwise equal."""
     for key, value in a["model"].items():

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from conftest import run_vsae
+import pytest
+from conftest import run_main
+
+_capture = {}
+
+
+@pytest.fixture(autouse=True)
+def _stdio(capfd):
+    _capture["fd"] = capfd
+
+
+def run_vsae(*args, expect: int = 0):
+    """The console entry point in process (exit code, stdout, stderr as a user sees them)."""
+    proc = run_main(_capture["fd"], *args)
+    assert proc.returncode == expect, (proc.returncode, proc.stderr)
+    return proc
 
 
 def _one_line_error(proc) -> str:

@@ -70,7 +70,9 @@ def reference(m: SAE, x: torch.Tensor, eps: torch.Tensor, site: str = "mean", de
             mask = s > w["threshold"]
             out["l0"] = mask.float().sum(-1).mean()
         else:  # abs mode ranks |site|; value mode ranks site, only positive entries eligible
-            score = s.abs() if cfg.topk_mode == "abs" else torch.where(s > 0, s, torch.full_like(s, -torch.inf))
+            score = (
+                s.abs() if cfg.topk_mode == "abs" else torch.where(s > 0, s, torch.full_like(s, -torch.inf))
+            )
             if cfg.sparsifier == "topk":
                 mask = stable_top(score, cfg.k)
             else:

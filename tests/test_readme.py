@@ -28,3 +28,9 @@ def test_readme_commands_exist_with_their_options():
         help_text = run_cli(command, "--help").output
         for option in re.findall(r"(--[a-z-]+)", args):
             assert option in help_text, (command, option)
+
+
+def test_version_flag():
+    import vsae
+
+    assert run_cli("--version").output.strip() == f"vsae {vsae.__version__}"

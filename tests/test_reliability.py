@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_vsae
+from conftest import run_cli, run_main
 
 
 def folder_hash(path: Path) -> str:
@@ -30,10 +30,10 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     store, other = root / "store", root / "other"
     common = ["--atoms", "32", "--tokens", "12000", "--chunk-tokens", "1024"]
-    run_vsae("synthetic", "--store", store, "--d", "16", *common)
-    run_vsae("synthetic", "--store", other, "--d", "24", *common)
+    run_cli("synthetic", "--store", store, "--d", "16", *common)
+    run_cli("synthetic", "--store", other, "--d", "24", *common)
     args = ("--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--save-every", "4")
-    run_vsae("train", "--store", store, *args, "--out", root / "ckpt")
+    run_cli("train", "--store", store, *args, "--out", root / "ckpt")
     return {"root": root, "store": store, "other": other, "ckpt": root / "ckpt" / "topk_64_k4_s0"}
 
 
@@ -309,13 +309,14 @@ def _bad_ckpt(world, tmp: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, case):
+def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, case, capfd):
     _, argv, needle = case
     before = {k: folder_hash(world[k]) for k in ("store", "other", "ckpt")}
     assert all(before.values())  # the world exists: a case can only pass by leaving it intact
     args = argv(world, tmp_path)
     scratch = {p: folder_hash(p) for p in map(Path, args) if p.is_absolute() and p.exists()}
-    proc = run_vsae(*args, expect=2, cwd=tmp_path)
+    proc = run_main(capfd, *args, cwd=tmp_path)  # the console entry point, in process
+    assert proc.returncode == 2, proc.stderr
     line = one_line_error(proc)
     assert needle in line, line
     assert {k: folder_hash(world[k]) for k in before} == before
@@ -323,7 +324,7 @@ def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, case):
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
 
 
-def test_malicious_trainer_state_never_runs(world, tmp_path):
+def test_malicious_trainer_state_never_runs(world, tmp_path, capfd):
     """A crafted trainer_state.pt is refused by the weights-only unpickler: its payload never runs."""
     out = tmp_path / "runs"
     shutil.copytree(world["ckpt"].parent, out)
@@ -347,16 +348,16 @@ def test_malicious_trainer_state_never_runs(world, tmp_path):
         "--steps",
         "8",
     )
-    proc = run_vsae(*args, "--resume", "--out", out, expect=2, cwd=tmp_path)
-    assert "trainer state" in one_line_error(proc)
+    proc = run_main(capfd, *args, "--resume", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 2 and "trainer state" in one_line_error(proc)
     assert not marker.exists()
 
 
 def test_export_twice_replaces_only_its_own_files(world, tmp_path):
     out = tmp_path / "sl"
-    run_vsae("export", world["ckpt"], out, cwd=tmp_path)
+    run_cli("export", world["ckpt"], out)
     first = folder_hash(out)
-    run_vsae("export", world["ckpt"], out, cwd=tmp_path)
+    run_cli("export", world["ckpt"], out)
     assert folder_hash(out) == first and {p.name for p in out.iterdir()} == {
         "cfg.json",
         "sae_weights.safetensors",
@@ -411,12 +412,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(world, tmp_path, failpoi
     from conftest import assert_same_trainer_state
 
     full, part = tmp_path / "full", tmp_path / "part"
-    run_vsae(*_train_args(world["store"], full), cwd=tmp_path)
+    run_cli(*_train_args(world["store"], full))
     killed = train_with_failpoint(world, tmp_path, failpoint, out=part)
     assert killed.returncode == -9
     run = part / "vsae_topk_64_k4_s0"
     assert not (run / "cfg.json").exists() and (run / "checkpoints" / "step_4" / "trainer_state.pt").exists()
-    run_vsae(*_train_args(world["store"], part), "--resume", cwd=tmp_path)
+    run_cli(*_train_args(world["store"], part), "--resume")
     a, b = _final_state(full / "vsae_topk_64_k4_s0"), _final_state(run)
     assert_same_trainer_state(a, b)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -450,11 +451,11 @@ JSONL = {
 
 
 @pytest.mark.parametrize("case", list(JSONL))
-def test_bad_jsonl_names_the_file_and_line(tiny_model, tmp_path, case):
+def test_bad_jsonl_names_the_file_and_line(tiny_model, tmp_path, case, capfd):
     body, needle = JSONL[case]
     data = tmp_path / "docs.jsonl"
     data.write_bytes(body if isinstance(body, bytes) else body.encode())
-    proc = run_vsae(
+    args = (
         "harvest",
         tiny_model,
         "--layer",
@@ -465,17 +466,18 @@ def test_bad_jsonl_names_the_file_and_line(tiny_model, tmp_path, case):
         "64",
         "--store",
         tmp_path / "s",
-        expect=2,
-        cwd=tmp_path,
     )
+    proc = run_main(capfd, *args, cwd=tmp_path)
+    assert proc.returncode == 2
     line = one_line_error(proc)
     assert needle in line and "docs.jsonl" in line, line
     assert not (tmp_path / "s").exists()
 
 
-def test_model_folder_that_is_not_a_model(tmp_path):
+def test_model_folder_that_is_not_a_model(tmp_path, capfd):
     (tmp_path / "empty").mkdir()
-    proc = run_vsae("harvest", tmp_path / "empty", "--store", tmp_path / "s", expect=2, cwd=tmp_path)
+    proc = run_main(capfd, "harvest", tmp_path / "empty", "--store", tmp_path / "s", cwd=tmp_path)
+    assert proc.returncode == 2
     assert "could not load model" in one_line_error(proc)
     assert not (tmp_path / "s").exists()
 
@@ -497,13 +499,13 @@ def test_clipping_can_be_turned_off_from_the_flag_and_the_sweep_file(world, tmp_
         "--steps",
         "6",
     )
-    run_vsae(*base, "--grad-clip-norm", "none", "--lr", "0.01", "--out", tmp_path / "off", cwd=tmp_path)
-    run_vsae(*base, "--grad-clip-norm", "0.001", "--lr", "0.01", "--out", tmp_path / "on", cwd=tmp_path)
+    run_cli(*base, "--grad-clip-norm", "none", "--lr", "0.01", "--out", tmp_path / "off")
+    run_cli(*base, "--grad-clip-norm", "0.001", "--lr", "0.01", "--out", tmp_path / "on")
     file = sweep(
         tmp_path,
         '[train]\nsteps = 6\nlr = 0.01\ngrad_clip_norm = "none"\n[[sae]]\narch = "topk"\nk = 4\nd_sae = 64\n',
     )
-    run_vsae("train", "--store", world["store"], "--config", file, "--out", tmp_path / "sw", cwd=tmp_path)
+    run_cli("train", "--store", world["store"], "--config", file, "--out", tmp_path / "sw")
     w = {
         k: load_file(tmp_path / k / "topk_64_k4_s0" / "sae.safetensors")["W_enc"] for k in ("off", "on", "sw")
     }
@@ -521,12 +523,12 @@ def test_kill_9_during_export_loses_nothing(world, tmp_path):
     import sys
 
     out = tmp_path / "lens"
-    run_vsae("export", world["ckpt"], out, cwd=tmp_path)
+    run_cli("export", world["ckpt"], out)
     earlier, ckpt = folder_hash(out), folder_hash(world["ckpt"])
     exe = Path(sys.executable).with_name("vsae")
     env = {**os.environ, "VSAE_FAILPOINT": "export_write:1"}
     killed = subprocess.run([str(exe), "export", str(world["ckpt"]), str(out)], env=env, capture_output=True)
     assert killed.returncode == -9
     assert folder_hash(out) == earlier and folder_hash(world["ckpt"]) == ckpt
-    run_vsae("export", world["ckpt"], out, cwd=tmp_path)
+    run_cli("export", world["ckpt"], out)
     assert folder_hash(out) == earlier  # the export is deterministic

@@ -30,6 +30,26 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import vsae
+
+        typer.echo(f"vsae {vsae.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Harvest LM activations into a compressed Zarr store, train SAEs and variational SAEs on them, evaluate."""
+
+
 H = field_help(HarvestConfig)
 T = field_help(TrainConfig)
 E = field_help(EvalConfig)
