@@ -403,6 +403,16 @@ def test_exported_then_imported_checkpoint_evaluates_the_same(store, tmp_path):
     run_cli("train", "--store", store, *args, "--out", tmp_path / "ck")
     run_dir = tmp_path / "ck" / "topk_256_k8_s0"
     run_cli("export", run_dir, tmp_path / "lens")
+    # SAELens keeps the metadata (a 6.x config, not a pre-6.0 one), and SAE Bench can place the SAE
+    from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
+    from sae_lens import SAE as LensSAE
+
+    lens = LensSAE.load_from_disk(tmp_path / "lens")
+    meta = lens.cfg.metadata
+    assert (meta.hook_name, meta.context_size, meta.prepend_bos) == ("blocks.1.hook_resid_post", 128, True)
+    assert meta.model_name and meta.dataset_path == "pydoc"
+    _, placed, _ = load_and_format_sae("lens", lens, "cpu")
+    assert placed.cfg.hook_layer == 1
     run_cli("import", tmp_path / "lens", tmp_path / "back", "--store", store)  # norm factor from the store
     for ckpt in (run_dir, tmp_path / "back"):
         run_cli("eval", ckpt, "--store", store, "--no-ce")

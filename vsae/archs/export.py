@@ -65,6 +65,16 @@ def _is_vsae_export(cfg_file: Path) -> bool:
         return False
 
 
+def _sae_lens_version() -> str:
+    """The installed SAELens version (the format this export follows), else the first 6.x format."""
+    try:
+        from importlib.metadata import version
+
+        return version("sae-lens")
+    except Exception:  # not installed: the 6.0 format is what this writer produces
+        return "6.0.0"
+
+
 def export_saelens(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the SAELens folder for `checkpoint` into `out` (atomically; see check_export_target)."""
     check_export_target(Path(checkpoint), Path(out))
@@ -91,6 +101,8 @@ def export_saelens(checkpoint: str | Path, out: str | Path) -> Path:
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
+            "sae_lens_version": _sae_lens_version(),  # without it SAELens reads the folder as a pre-6.0 config
+            "sae_lens_training_version": None,
             "model_name": prov.get("model_id"),
             "hook_name": prov.get("hook_name"),
             "hook_layer": prov.get("layer"),
