@@ -315,12 +315,20 @@ def eval_(
     saebench: Annotated[str, typer.Option(help=E["saebench"])] = "",
     saebench_batches: Annotated[int, typer.Option(help=E["saebench_batches"])] = 2,
     saebench_prompts: Annotated[int, typer.Option(help=E["saebench_prompts"])] = 8,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            help="Treat the two CHECKPOINTS folders as arms (≥ 2 seeds each): per metric the mean difference, "
+            "a bootstrap 95% interval and a seed-permutation p."
+        ),
+    ] = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write all results to this JSON file.")
     ] = None,
 ) -> None:
     """Evaluate checkpoints on held-out store tokens: FVE, L0, dead latents, CE-loss recovered, KL; with
-    --saebench, SAE Bench's own evals too (JSON beside each eval.json, headline numbers in the table)."""
+    --saebench, SAE Bench's own evals too (JSON beside each eval.json, headline numbers in the table);
+    with --compare A/ B/, whether two arms of seeds differ."""
     from vsae.evaluate.core import evaluate, find_checkpoints
     from vsae.evaluate.report import comparison_table
 
@@ -337,6 +345,9 @@ def eval_(
     if min(saebench_batches, saebench_prompts) < 1:
         raise VsaeError("--saebench-batches and --saebench-prompts must be at least 1")
     names = cfg.saebench_evals()  # before any work: an eval asked for by name that cannot run is an error
+    if compare:
+        _compare_arms(checkpoints, cfg, json_out)
+        return
     results = [evaluate(p, cfg) for p in find_checkpoints(checkpoints)]
     results_console.print(comparison_table(results))
     from vsae.evaluate.saebench_run import unreachable
@@ -345,6 +356,37 @@ def eval_(
         console.print(f"[yellow]SAE Bench skipped[/] {line}", soft_wrap=True)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
+
+
+def _compare_arms(folders: list[str], cfg: EvalConfig, json_out: Path | None) -> None:
+    from rich.table import Table as RichTable
+
+    from vsae.archs.checkpoint import read_cfg
+    from vsae.evaluate.compare import check_arms, compare
+    from vsae.evaluate.core import evaluate, find_checkpoints
+
+    if len(folders) != 2:
+        raise VsaeError(f"--compare takes two folders of checkpoints (arms A and B), got {len(folders)}")
+    arms = [find_checkpoints([f]) for f in folders]
+    check_arms(*arms, {p: read_cfg(p)["architecture"] for arm in arms for p in arm})
+    rows = compare(*([evaluate(p, cfg) for p in arm] for arm in arms))
+    table = RichTable(title=f"A = {folders[0]}   B = {folders[1]}")
+    for col in ("metric", "mean A", "mean B", "B − A (95% CI)", "p"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        lo, hi = r["ci95"]
+        table.add_row(
+            r["metric"],
+            f"{r['mean_a']:.4g}",
+            f"{r['mean_b']:.4g}",
+            f"{r['difference']:+.4g} ({lo:+.3g}, {hi:+.3g})",
+            f"{r['p']:.3g}",
+        )
+    results_console.print(table)
+    for r in rows:
+        results_console.print(r["verdict"], soft_wrap=True)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
 
 
 @app.command()
