@@ -224,6 +224,7 @@ CASES = [
         lambda w, t: ("harvest", "smollm2-135m", "--chunk-tokens", "0", "--store", t / "s"),
         "--chunk-tokens",
     ),
+    ("import-over-a-checkpoint", lambda w, t: ("import", _lens(w, t), w["ckpt"]), "not empty"),
     ("synthetic-noise-nan", lambda w, t: ("synthetic", "--store", t / "s", "--noise", "nan"), "noise"),
     ("synthetic-active-nan", lambda w, t: ("synthetic", "--store", t / "s", "--active", "nan"), "active"),
     ("info-verify-missing-chunk", lambda w, t: ("info", _damaged(w, t, "missing"), "--verify"), "missing"),
@@ -264,6 +265,11 @@ def _foreign(tmp: Path) -> Path:
     folder.mkdir()
     (folder / "notes.txt").write_text("my notes")
     return folder
+
+
+def _lens(world, tmp: Path) -> Path:
+    run_cli("export", world["ckpt"], tmp / "lens")
+    return tmp / "lens"
 
 
 def _a_file(tmp: Path) -> Path:

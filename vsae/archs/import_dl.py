@@ -109,6 +109,11 @@ def write_imported(
 ) -> Path:
     """Build `arch` around raw-space reference tensors and write it as a vsae checkpoint at `out`;
     `imported_from` records the source and whether the conversion is exact (no notes)."""
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise VsaeError(
+            f"{target} already exists and is not empty; import into a new folder (nothing was written)"
+        )
     d_in, d_sae = tensors["W_enc"].shape
     raw = SAE(build_config(arch, d_in, d_sae, overrides))
     raw.space = "raw"
