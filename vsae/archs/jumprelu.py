@@ -48,7 +48,7 @@ def jumprelu(
     """f = z ⊙ H(s − θ) with the gate decided on the site s (default z itself: the plain JumpReLU).
 
     ∂f/∂z = H(s − θ); ∂f/∂θ = −((θ + z − s)/h) rect((s − θ)/h), the jump height at s = θ (θ/h when
-    z is s); s itself gets no gradient through the gate, as u gets none through the jump in §5.6."""
+    z is s); s itself gets no gradient through the gate, as u gets none through the jump of a JumpReLU."""
     return _JumpReLU.apply(z, z if site is None else site, theta, h)
 
 

@@ -157,11 +157,11 @@ class SAE(nn.Module):
         return mu + torch.exp(0.5 * ell) * eps
 
     def _site(self, mu: Tensor, z: Tensor) -> Tensor:
-        """What selection, gating and the JumpReLU step look at: μ (default) or the sample z (§2.1)."""
+        """What selection, gating and the JumpReLU step look at: μ (default) or the sample z (docs/architectures.md, "Where selection happens")."""
         return z if self.cfg.selection_site == "sample" else mu
 
     def _active_mask(self, site: Tensor, mu: Tensor, pi_gate: Tensor | None) -> Tensor:
-        """The training rule's active mask M (§2.3), decided on `site`; relu: μ > 0 whatever the site."""
+        """The training rule's active mask M, decided on `site`; relu: μ > 0 whatever the site."""
         cfg = self.cfg
         if cfg.sparsifier == "relu":
             return mu > 0
@@ -174,9 +174,9 @@ class SAE(nn.Module):
         return pick(score, None, cfg.k, positive)
 
     def _train_code(self, mu: Tensor, z: Tensor, pi_gate: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Training code f = M ⊙ z with M decided at the selection site, and M (§2.1, §2.3).
+        """Training code f = M ⊙ z with M decided at the selection site, and M.
 
-        relu keeps the dense code f = z (its ReLU is on μ); jumprelu's gate carries the STE of §5.6."""
+        relu keeps the dense code f = z (its ReLU is on μ); jumprelu's gate carries its straight-through estimator."""
         cfg = self.cfg
         site = self._site(mu, z)
         mask = self._active_mask(site, mu, pi_gate)
@@ -188,7 +188,7 @@ class SAE(nn.Module):
 
     def _infer_code(self, site: Tensor, values: Tensor, mu: Tensor, pi_gate: Tensor | None) -> Tensor:
         """Inference rule: the mask is decided on `site`, the returned entries are `values` (μ, or z when
-        sampling); the top-k family uses its learned θ where configured (§3.5)."""
+        sampling); the top-k family uses its learned θ where configured."""
         cfg = self.cfg
         if cfg.sparsifier == "jumprelu":
             return values * (site > self.threshold)
@@ -361,7 +361,7 @@ class SAE(nn.Module):
     def _auxk(
         self, x: Tensor, x_hat: Tensor, site: Tensor, z: Tensor, dead: Tensor | None, raw: dict
     ) -> Tensor:
-        """AuxK (§3.4): dead latents, ranked at the selection site, reconstruct the detached residual with
+        """AuxK: dead latents, ranked at the selection site, reconstruct the detached residual with
         their sampled values; exactly 0 with none dead."""
         if dead is None or not bool(dead.any()):
             raw["auxk"] = torch.zeros((), device=x.device)
