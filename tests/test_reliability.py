@@ -245,6 +245,14 @@ CASES = [
     ),
     ("info-verify-flipped-byte", lambda w, t: ("info", _damaged(w, t, "flip"), "--verify"), "corrupted"),
     ("store-zarr-json-not-json", lambda w, t: ("info", _damaged(w, t, "zarr.json")), "zarr.json"),
+    ("eval-convention-unknown", lambda w, t: ("eval", w["ckpt"], "--convention", "saelens"), "--convention"),
+    (
+        "eval-convention-no-ce",
+        lambda w, t: ("eval", w["ckpt"], "--convention", "saebench", "--no-ce"),
+        "--no-ce",
+    ),
+    ("eval-convention-synthetic", lambda w, t: ("eval", w["ckpt"], "--convention", "saebench"), "synthetic"),
+    ("eval-ce-windows-0", lambda w, t: ("eval", w["ckpt"], "--ce-windows", "0"), "--ce-windows"),
     ("eval-cfg-not-json", lambda w, t: ("eval", _bad_ckpt(w, t, "cfg-text"), "--no-ce"), "cfg.json"),
     ("eval-cfg-not-object", lambda w, t: ("eval", _bad_ckpt(w, t, "cfg-list"), "--no-ce"), "cfg.json"),
     (

@@ -43,6 +43,13 @@ class Progress:
         if speed:
             self._bar.update(self._task, rate=f"{speed:,.0f} {self._unit}/s")
 
+    def track(self, items, size):
+        """Yield `items` inside the bar, advancing by `size(item)` after each one is processed."""
+        with self:
+            for item in items:
+                yield item
+                self.advance(size(item))
+
     @property
     def rate(self) -> float | None:
         return self._bar.tasks[0].speed

@@ -315,6 +315,7 @@ def eval_(
     saebench: Annotated[str, typer.Option(help=E["saebench"])] = "",
     saebench_batches: Annotated[int, typer.Option(help=E["saebench_batches"])] = 2,
     saebench_prompts: Annotated[int, typer.Option(help=E["saebench_prompts"])] = 8,
+    convention: Annotated[str, typer.Option(help=E["convention"])] = "vsae",
     compare: Annotated[
         bool,
         typer.Option(
@@ -341,9 +342,9 @@ def eval_(
         saebench=saebench,
         saebench_batches=saebench_batches,
         saebench_prompts=saebench_prompts,
+        convention=convention,
     )
-    if min(saebench_batches, saebench_prompts) < 1:
-        raise VsaeError("--saebench-batches and --saebench-prompts must be at least 1")
+    cfg.validate()
     names = cfg.saebench_evals()  # before any work: an eval asked for by name that cannot run is an error
     if compare:
         _compare_arms(checkpoints, cfg, json_out)

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vsae.archs.checkpoint import convert_space, load_sae, read_cfg
@@ -15,7 +16,10 @@ from vsae.archs.sae import SAE
 from vsae.archs.steps import EPS_STREAM, make_generator
 from vsae.errors import VsaeError
 from vsae.metrics import Accumulator
+from vsae.progress import Progress
 from vsae.store.table import Table, open_table
+
+CONVENTIONS = ("vsae", "saebench")
 
 
 @dataclass
@@ -38,6 +42,22 @@ class EvalConfig:
     """Batches of held-out windows for each of SAE Bench core's two passes."""
     saebench_prompts: int = 8
     """Context windows per SAE Bench batch."""
+    convention: str = "vsae"
+    """Metric definitions: vsae (centred FVE; special tokens neither encoded nor patched) or saebench
+    (SAE Bench's: every position incl. BOS, FVE over E‖x‖² − (E‖x‖²/d)²); see docs/conventions.md."""
+
+    def validate(self) -> None:
+        """One-line errors for options that cannot work together, before any work starts."""
+        if self.convention not in CONVENTIONS:
+            raise VsaeError(f"--convention must be one of {', '.join(CONVENTIONS)} (got {self.convention!r})")
+        if self.convention == "saebench" and not self.ce:
+            raise VsaeError(
+                "--convention saebench measures every metric through the model (BOS is not stored); drop --no-ce"
+            )
+        if min(self.saebench_batches, self.saebench_prompts, self.ce_windows, self.max_tokens) < 1:
+            raise VsaeError(
+                "--saebench-batches, --saebench-prompts, --ce-windows and --max-tokens must be at least 1"
+            )
 
     def saebench_evals(self) -> list[str]:
         """The SAE Bench evals asked for; one asked for by name that cannot run here is an error."""
@@ -67,13 +87,23 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
     return found
 
 
-def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
-    """Core metrics (and CE/KL recovered) for one checkpoint; also written to `<path>/eval.json`."""
+def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True) -> dict:
+    """Core metrics (and CE/KL recovered) for one checkpoint under `cfg.convention`; also written to
+    `<path>/eval.json`."""
     meta = read_cfg(path)
     sae = load_sae(path)
     table = checkpoint_table(path, sae, cfg.store)
+    synthetic = table.provenance["model_id"] == "synthetic"
+    if synthetic and cfg.convention == "saebench":
+        raise VsaeError(
+            f"--convention saebench needs a language model; {path} was trained on a synthetic store"
+        )
     result = {"checkpoint": str(path), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae}
-    result |= core_metrics(sae, table, meta["norm_factor"], cfg)
+    result["convention"] = cfg.convention
+    if cfg.convention == "saebench":
+        result |= saebench_convention_metrics(sae, table, cfg, language_model(table, lm), show_progress)
+    else:
+        result |= core_metrics(sae, table, meta["norm_factor"], cfg, show_progress)
     if "true_atoms" in table.group:
         from vsae.archs.fold import needs_sign_split
         from vsae.store.synthetic import atom_recovery
@@ -82,10 +112,12 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None) -> dict:
         # a signed code's atoms are defined up to sign ((−f)(−d) = f d): compare |cos| for those
         signed = needs_sign_split(sae)
         result["true_atom_recovery"] = atom_recovery(true_atoms, sae.W_dec.detach(), up_to_sign=signed)
-    if cfg.ce and table.provenance["model_id"] != "synthetic":
+    if cfg.ce and not synthetic and cfg.convention == "vsae":
         from vsae.evaluate.patching import ce_recovered
 
-        result |= ce_recovered(sae, table, max_windows=cfg.ce_windows, lm=lm)
+        result |= ce_recovered(
+            sae, table, max_windows=cfg.ce_windows, lm=language_model(table, lm), show_progress=show_progress
+        )
     if "core" in cfg.saebench_evals():
         result |= saebench_core(Path(path), sae, table, cfg)
     (Path(path) / "eval.json").write_text(json.dumps(result, indent=2))
@@ -98,7 +130,13 @@ def saebench_core(path: Path, sae: SAE, table: Table, cfg: EvalConfig) -> dict:
     from nnsight.modeling.transformers import TransformersModel
 
     from vsae.evaluate.patching import model_name
-    from vsae.evaluate.saebench_run import CoreSettings, own_metrics, run_core, write_results
+    from vsae.evaluate.saebench_run import (
+        CoreSettings,
+        heldout_tokens,
+        run_core,
+        saebench_convention,
+        write_results,
+    )
     from vsae.harvest.models import load_model
 
     if table.provenance["model_id"] == "synthetic":
@@ -110,10 +148,59 @@ def saebench_core(path: Path, sae: SAE, table: Table, cfg: EvalConfig) -> dict:
     bench = run_core(path, table, loaded, settings)
     write_results(path, "core", bench)
     lm = TransformersModel(loaded.model, tokenizer=loaded.tokenizer, task="text-generation")
-    ours = own_metrics(sae, table, lm, settings)
+    tokens = heldout_tokens(table, settings)
+    ours = saebench_convention(sae, tokens, table.provenance["module_path"], lm, settings.batch_prompts)
     flat = {k: v for group in bench["eval_result_metrics"].values() for k, v in group.items()}
     keys = ("l0", "explained_variance", "mse", "cossim", "ce_loss_score", "kl_div_score")
     return {f"saebench/{k}": flat[k] for k in keys} | {f"saebench_vsae/{k}": ours[k] for k in keys}
+
+
+def language_model(table: Table, lm=None):
+    """The table's language model wrapped for patching (`lm` itself when the caller already holds it)."""
+    if lm is not None:
+        return lm
+    from nnsight.modeling.transformers import TransformersModel
+
+    from vsae.evaluate.patching import model_name
+    from vsae.harvest.models import load_model
+
+    loaded = load_model(model_name(table))
+    return TransformersModel(loaded.model, tokenizer=loaded.tokenizer, task="text-generation")
+
+
+def saebench_convention_metrics(sae: SAE, table: Table, cfg: EvalConfig, lm, show_progress: bool) -> dict:
+    """The vsae metric names measured under SAE Bench's definitions on the first `ce_windows` held-out
+    windows (every position, BOS included, encoded and patched)."""
+    from vsae.evaluate.saebench_run import saebench_convention
+
+    if table.provenance["port"] != "output":
+        raise VsaeError(
+            f"--convention saebench patches the site; {table.provenance['site']} is a module input"
+        )
+    windows = table.heldout_windows()[: cfg.ce_windows]
+    if len(windows) == 0:
+        raise VsaeError(f"table {table.path} has no complete held-out window for --convention saebench")
+    ids = np.asarray(table.group["contexts"][windows[0] : windows[-1] + 1], dtype=np.int64)  # contiguous
+    tokens = torch.from_numpy(ids)
+    with Progress(
+        "eval (saebench convention)", total=len(tokens), unit="windows", enabled=show_progress
+    ) as bar:
+        m = saebench_convention(sae, tokens, table.provenance["module_path"], lm, cfg.saebench_prompts, bar)
+    return {
+        "heldout_tokens": m["tokens"],
+        "fve": m["explained_variance"],
+        "l0": m["l0"],
+        "mse": m["mse"],
+        "cos_sim": m["cossim"],
+        "ce_loss_clean": m["ce_loss_without_sae"],
+        "ce_loss_with_sae": m["ce_loss_with_sae"],
+        "ce_loss_zero_ablation": m["ce_loss_with_ablation"],
+        "ce_loss_recovered": m["ce_loss_score"],
+        "kl_div_with_sae": m["kl_div_with_sae"],
+        "kl_div_zero_ablation": m["kl_div_with_ablation"],
+        "kl_div_recovered": m["kl_div_score"],
+        "ce_windows": int(len(tokens)),
+    }
 
 
 def checkpoint_table(path: Path, sae: SAE, store: str | None) -> Table:
@@ -134,7 +221,7 @@ def checkpoint_table(path: Path, sae: SAE, store: str | None) -> Table:
 
 
 @torch.no_grad()
-def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig) -> dict:
+def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig, show_progress: bool = False) -> dict:
     start = table.n_train
     stop = min(table.n_tokens, start + cfg.max_tokens)
     if stop <= start:
@@ -144,7 +231,8 @@ def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig) -> dict:
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     extra = {"l0_train_rule": 0.0, "kl": 0.0, "sigma": 0.0, "at_bound": 0.0}
     gen = make_generator(0, EPS_STREAM)
-    for b in range(start, stop, cfg.batch_size):
+    bar = Progress("eval core metrics", total=stop - start, unit="tok", enabled=show_progress)
+    for b in bar.track(range(start, stop, cfg.batch_size), lambda b: min(stop, b + cfg.batch_size) - b):
         x = table.read(b, min(stop, b + cfg.batch_size))  # raw space
         f = sae.encode(x)
         acc.update(x, sae.decode(f), f)

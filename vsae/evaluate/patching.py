@@ -10,6 +10,7 @@ from vsae.archs.sae import SAE
 from vsae.errors import VsaeError
 from vsae.harvest.models import load_model
 from vsae.harvest.sites import envoy_at
+from vsae.progress import Progress
 from vsae.store.table import Table
 
 
@@ -20,7 +21,9 @@ def model_name(table: Table) -> str:
 
 
 @torch.inference_mode()
-def ce_recovered(sae: SAE, table: Table, max_windows: int = 32, batch_size: int = 8, lm=None) -> dict:
+def ce_recovered(
+    sae: SAE, table: Table, max_windows: int = 32, batch_size: int = 8, lm=None, show_progress: bool = False
+) -> dict:
     """CE of clean, SAE-patched and zero-ablated runs on held-out windows, and the recovered fraction."""
     from nnsight.modeling.transformers import TransformersModel
 
@@ -37,7 +40,8 @@ def ce_recovered(sae: SAE, table: Table, max_windows: int = 32, batch_size: int 
     special = np.asarray(prov["special_ids"], dtype=np.int64)
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
     count = 0
-    for start in range(0, len(windows), batch_size):
+    bar = Progress("eval CE/KL through the model", total=len(windows), unit="windows", enabled=show_progress)
+    for start in bar.track(range(0, len(windows), batch_size), lambda s: min(batch_size, len(windows) - s)):
         ids_np = np.asarray(
             contexts[windows[start] : windows[min(start + batch_size, len(windows)) - 1] + 1], dtype=np.int64
         )

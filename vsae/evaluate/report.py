@@ -29,12 +29,25 @@ ROWS = [
 ]
 
 
+# Under --convention saebench the same keys carry SAE Bench's definitions (docs/conventions.md).
+SAEBENCH_TITLES = {
+    "fve": "explained variance (SAE Bench)",
+    "l0": "L0 (BOS incl.)",
+    "mse": "MSE (SAE Bench units)",
+    "ce_loss_recovered": "CE-loss score",
+    "kl_div_recovered": "KL score",
+}
+
+
 def comparison_table(results: list[dict]) -> Table:
-    table = Table(title="held-out evaluation")
+    conventions = sorted({r.get("convention", "vsae") for r in results})
+    table = Table(title=f"held-out evaluation ({', '.join(conventions)} convention)")
     table.add_column("metric")
     for r in results:
         table.add_column(f"{r['architecture']}\n{Path(r['checkpoint']).name}", justify="right")
+    saebench = conventions == ["saebench"]
     for key, title, fmt in ROWS:
+        title = SAEBENCH_TITLES.get(key, title) if saebench else title
         if any(key in r for r in results):
             table.add_row(title, *(fmt.format(r[key]) if key in r else "—" for r in results))
     first = results[0] if results else {}

@@ -3,7 +3,7 @@
 The language model is rebuilt as a TransformerLens HookedTransformer from the same local weights vsae
 harvested with (no weight processing, so activations at the hook equal the stored ones), the text is the
 store's held-out context windows, and the SAE is the checkpoint's deployed model behind the SAE Bench adapter.
-`own_metrics` computes the same quantities with vsae's own code (nnsight on the Hugging Face model) under SAE
+`saebench_convention` computes the same quantities with vsae's own code (nnsight on the Hugging Face model) under SAE
 Bench's conventions, so the two can be compared token for token.
 """
 
@@ -154,19 +154,20 @@ def run_core(checkpoint: Path, table: Table, loaded, settings: CoreSettings) -> 
 
 
 @torch.inference_mode()
-def own_metrics(sae: SAE, table: Table, lm, settings: CoreSettings) -> dict:
-    """vsae's own numbers on the same windows under SAE Bench's conventions: every position (BOS too)
-    encoded and patched, zero ablation at the hook, explained variance over E‖x‖² − (E‖x‖²/d)², `mse` as
-    E‖x − x̂‖² divided by the tokens of a batch."""
+def saebench_convention(
+    sae: SAE, tokens: torch.Tensor, module: str, lm, batch_prompts: int, progress=None
+) -> dict:
+    """vsae's own numbers on `tokens` ([n, ctx] ids, BOS first) under SAE Bench's conventions: every
+    position (BOS too) encoded and patched, zero ablation at the hook, explained variance over
+    E‖x‖² − (E‖x‖²/d)², `mse` as E‖x − x̂‖² divided by the tokens of a batch of `batch_prompts` windows,
+    the KL per window averaged over positions. docs/conventions.md sets them beside vsae's own."""
     from vsae.evaluate.patching import run_patched
 
-    tokens = heldout_tokens(table, settings)
-    module = table.provenance["module_path"]
     sums = {"sq": 0.0, "resid": 0.0, "l0": 0.0, "cos": 0.0, "ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0}
     sums |= {"kl_sae": 0.0, "kl_zero": 0.0}
     n_tok = n_pred = 0
-    for start in range(0, len(tokens), settings.batch_prompts):
-        ids = tokens[start : start + settings.batch_prompts]
+    for start in range(0, len(tokens), batch_prompts):
+        ids = tokens[start : start + batch_prompts]
         everywhere = torch.ones_like(ids, dtype=torch.bool)
         clean, x = run_patched(lm, module, ids, everywhere, sae, "clean", capture=True)
         x = x.float().reshape(-1, x.shape[-1])
@@ -185,6 +186,8 @@ def own_metrics(sae: SAE, table: Table, lm, settings: CoreSettings) -> dict:
             sums[f"ce_{mode}"] += float(-logp[:, :-1].gather(-1, targets).sum())
             sums[f"kl_{mode}"] += float((logp_clean.exp() * (logp_clean - logp)).sum(-1).mean(-1).sum())
         n_pred += targets.numel()
+        if progress is not None:
+            progress.advance(len(ids))
     mean_sq = sums["sq"] / n_tok
     d = sae.cfg.d_in
     ce = {k: sums[f"ce_{k}"] / n_pred for k in ("clean", "sae", "zero")}
@@ -192,11 +195,16 @@ def own_metrics(sae: SAE, table: Table, lm, settings: CoreSettings) -> dict:
     return {
         "l0": sums["l0"] / n_tok,
         "explained_variance": 1 - (sums["resid"] / n_tok) / (mean_sq - (mean_sq / d) ** 2),
-        "mse": sums["resid"] / n_tok / (settings.batch_prompts * tokens.shape[1]),
+        "mse": sums["resid"] / n_tok / (batch_prompts * tokens.shape[1]),
         "cossim": sums["cos"] / n_tok,
         "ce_loss_score": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),
         "kl_div_score": (kl["zero"] - kl["sae"]) / kl["zero"],
         "ce_loss_without_sae": ce["clean"],
+        "ce_loss_with_sae": ce["sae"],
+        "ce_loss_with_ablation": ce["zero"],
+        "kl_div_with_sae": kl["sae"],
+        "kl_div_with_ablation": kl["zero"],
+        "tokens": n_tok,
     }
 
 
