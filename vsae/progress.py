@@ -9,12 +9,23 @@ console = Console(stderr=True)  # progress and messages
 results = Console()  # tables and other results, on stdout
 
 
+class _BarAndPanel(rp.Progress):
+    """A progress bar with an optional renderable (a live metrics table) drawn below it."""
+
+    panel = None
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        if self.panel is not None:
+            yield self.panel
+
+
 class Progress:
     """`with Progress("harvest", total=n, unit="tok") as bar: bar.advance(k)` — shows count and rate."""
 
     def __init__(self, description: str, total: int, unit: str = "tok", enabled: bool = True):
         self.enabled = enabled
-        self._bar = rp.Progress(
+        self._bar = _BarAndPanel(
             rp.TextColumn("[bold]{task.description}"),
             rp.BarColumn(),
             rp.MofNCompleteColumn(),
@@ -42,6 +53,11 @@ class Progress:
         speed = task.speed
         if speed:
             self._bar.update(self._task, rate=f"{speed:,.0f} {self._unit}/s")
+
+    def show(self, renderable) -> None:
+        """Draw `renderable` (e.g. a table of live metrics) under the bar, replacing the previous one."""
+        self._bar.panel = renderable
+        self._bar.refresh()
 
     def track(self, items, size):
         """Yield `items` inside the bar, advancing by `size(item)` after each one is processed."""

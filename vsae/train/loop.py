@@ -28,12 +28,14 @@ from vsae.distributed import setup as setup_world
 from vsae.errors import NonFiniteLoss, VsaeError
 from vsae.metrics import fve
 from vsae.progress import Progress, console
+from vsae.progress import results as results_console
 from vsae.store.faults import failpoint
 from vsae.store.reader import ShuffledBatches
 from vsae.store.table import Table, open_table
 from vsae.train.config import TrainConfig
 from vsae.train.resample import resample_dead
 from vsae.train.schedules import Schedule
+from vsae.train.view import live_table, summary_table
 
 log = logging.getLogger("vsae.train")
 
@@ -416,6 +418,10 @@ def train(
     t0 = time.time()
     show_progress = show_progress and world.is_main
     step_tokens = tcfg.batch_size * world.size
+    latest: dict[str, dict] = {}  # last logged metrics per SAE, for the live table and the summary
+    seconds = dict.fromkeys(names, 0.0)
+    # several SAEs on a GPU: wait for each one's kernels so its own time is measured, not its launch time
+    sync = torch.cuda.synchronize if len(runs) > 1 and runs[0].device.type == "cuda" else (lambda: None)
     try:
         with Progress("train", total=total * step_tokens, unit="tok", enabled=show_progress) as bar:
             bar.advance(start * step_tokens)
@@ -423,9 +429,15 @@ def train(
                 x = next(reader).to(runs[0].device, non_blocking=True).float() / c
                 log_now = (t % tcfg.log_every == 0) or t == total - 1
                 for run in runs:
+                    t_run = time.perf_counter()
                     metrics = run.step(x, t, fresh=not resume, log_now=log_now and world.is_main)
+                    sync()
+                    seconds[run.out.name] += time.perf_counter() - t_run
                     if metrics is not None:
                         _append_metrics(run.out, metrics)
+                        latest[run.out.name] = metrics
+                if log_now and show_progress:
+                    bar.show(live_table(latest))
                 if tcfg.save_every and (t + 1) % tcfg.save_every == 0 and t + 1 < total and world.is_main:
                     for run in runs:
                         _save(run, provenance, reader, intermediate=True)
@@ -444,6 +456,9 @@ def train(
     finally:
         reader.close()
     if world.is_main:
+        if latest:
+            tokens = {name: (total - start) * step_tokens for name in names}
+            results_console.print(summary_table(latest, seconds, tokens))
         console.print(f"trained {len(runs)} SAE(s) for {total} steps in {time.time() - t0:.1f}s → {out}")
     return [run.out for run in runs]
 
