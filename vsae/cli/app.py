@@ -233,6 +233,13 @@ def train(
             help="Start from this checkpoint's weights and config (e.g. an imported one) instead of a fresh init."
         ),
     ] = None,
+    wandb: Annotated[
+        str | None,
+        typer.Option(
+            help="W&B project: log every metrics.jsonl record and the config, one run per SAE "
+            "(WANDB_MODE=offline writes files only)."
+        ),
+    ] = None,
 ) -> None:
     """Train one or more SAEs on shuffled batches from a store (one pass shared by all of them)."""
     from vsae.train.loop import SAESpec
@@ -299,7 +306,10 @@ def train(
 
         specs, train_overrides = load_sweep(config)
         tcfg = dataclasses.replace(tcfg, **train_overrides)
-    run(store, specs, tcfg, out, model=model, site=site, layer=layer, resume=resume)
+    from vsae.train.tracking import check_project
+
+    check_project(wandb)
+    run(store, specs, tcfg, out, model=model, site=site, layer=layer, resume=resume, wandb=wandb)
 
 
 @app.command("eval")
@@ -326,6 +336,12 @@ def eval_(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write all results to this JSON file.")
     ] = None,
+    wandb: Annotated[
+        str | None,
+        typer.Option(
+            help="W&B project: add each checkpoint's results to its training run's summary (eval/*)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate checkpoints on held-out store tokens: FVE, L0, dead latents, CE-loss recovered, KL; with
     --saebench, SAE Bench's own evals too (JSON beside each eval.json, headline numbers in the table);
@@ -345,11 +361,18 @@ def eval_(
         convention=convention,
     )
     cfg.validate()
+    from vsae.train.tracking import check_project, log_eval
+
+    check_project(wandb)
     names = cfg.saebench_evals()  # before any work: an eval asked for by name that cannot run is an error
     if compare:
         _compare_arms(checkpoints, cfg, json_out)
         return
-    results = [evaluate(p, cfg) for p in find_checkpoints(checkpoints)]
+    results = []
+    for path in find_checkpoints(checkpoints):
+        results.append(evaluate(path, cfg))
+        if wandb:
+            log_eval(wandb, path, results[-1])
     results_console.print(comparison_table(results))
     from vsae.evaluate.saebench_run import unreachable
 

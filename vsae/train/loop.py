@@ -35,6 +35,7 @@ from vsae.store.table import Table, open_table
 from vsae.train.config import TrainConfig
 from vsae.train.resample import resample_dead
 from vsae.train.schedules import Schedule
+from vsae.train.tracking import Tracker
 from vsae.train.view import live_table, summary_table
 
 log = logging.getLogger("vsae.train")
@@ -378,8 +379,10 @@ def train(
     layer: int | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    wandb: str | None = None,
 ) -> list[Path]:
-    """Train every SAE of `specs` from one pass over shuffled store batches; returns the run folders."""
+    """Train every SAE of `specs` from one pass over shuffled store batches; returns the run folders.
+    With `wandb` (a project), every logged record also goes to one W&B run per SAE."""
     for spec in specs:
         check_arch(spec.arch)
     tcfg.validate()
@@ -415,6 +418,11 @@ def train(
             (run.out / "metrics.jsonl").unlink(missing_ok=True)
     if world.is_main:
         _announce(runs, table, c, total)
+    tracker = None
+    if wandb and world.is_main:
+        folders = {run.out.name: run.out for run in runs}
+        configs = {run.out.name: run.meta(provenance) | {"model": run.cfg.to_dict()} for run in runs}
+        tracker = Tracker(wandb, folders, configs, resume)
     t0 = time.time()
     show_progress = show_progress and world.is_main
     step_tokens = tcfg.batch_size * world.size
@@ -436,6 +444,8 @@ def train(
                     if metrics is not None:
                         _append_metrics(run.out, metrics)
                         latest[run.out.name] = metrics
+                        if tracker:
+                            tracker.log(run.out.name, metrics)
                 if log_now and show_progress:
                     bar.show(live_table(latest))
                 if tcfg.save_every and (t + 1) % tcfg.save_every == 0 and t + 1 < total and world.is_main:
@@ -455,6 +465,8 @@ def train(
         raise
     finally:
         reader.close()
+        if tracker:
+            tracker.finish()
     if world.is_main:
         if latest:
             tokens = {name: (total - start) * step_tokens for name in names}
