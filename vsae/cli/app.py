@@ -13,9 +13,9 @@ import typer
 
 from vsae.archs.config import SAEConfig, field_help
 from vsae.archs.registry import ARCHS, settable_keys
+from vsae.dashboard.build import DashboardConfig
 from vsae.errors import VsaeError
 from vsae.evaluate.core import EvalConfig
-from vsae.evaluate.dashboard import DashboardConfig
 from vsae.harvest.loop import HarvestConfig
 from vsae.harvest.models import ALIASES, PACKAGED
 from vsae.progress import console
@@ -540,23 +540,27 @@ def import_(
 def viz(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (cfg.json + sae.safetensors).")],
     out: Annotated[
-        Path, typer.Option(help="HTML file to write (default: <checkpoint>/dashboard.html).")
+        Path | None, typer.Option(help="Dashboard folder to write (default: <checkpoint>/dashboard/).")
     ] = None,
     store: Annotated[str | None, typer.Option(help=VIZ["store"])] = None,
+    split: Annotated[str, typer.Option(help=VIZ["split"])] = "heldout",
     tokens: Annotated[int, typer.Option(help=VIZ["tokens"])] = 65_536,
     latents: Annotated[int, typer.Option(help=VIZ["latents"])] = 48,
-    examples: Annotated[int, typer.Option(help=VIZ["examples"])] = 8,
-    context: Annotated[int, typer.Option(help=VIZ["context"])] = 10,
+    select: Annotated[str, typer.Option(help=VIZ["select"])] = "top",
+    examples: Annotated[int, typer.Option(help=VIZ["examples"])] = 10,
+    per_bin: Annotated[int, typer.Option(help=VIZ["per_bin"])] = 2,
+    context: Annotated[int, typer.Option(help=VIZ["context"])] = 12,
     seed: Annotated[int, typer.Option(help=VIZ["seed"])] = 0,
 ) -> None:
-    """Feature dashboard: firing rates, activation histograms and top contexts of a sample of latents."""
-    from vsae.evaluate.dashboard import build_dashboard
+    """Feature dashboard from one scan: an index (sortable table, density histogram, decoder map) and pages
+    with histograms, top and quantile examples, logit effects and neighbours. Open <out>/index.html."""
+    from vsae.dashboard.build import build_dashboard
 
-    cfg = DashboardConfig(store, tokens, latents, examples, context, seed)
-    summary = build_dashboard(checkpoint, out or checkpoint / "dashboard.html", cfg)
+    cfg = DashboardConfig(store, split, tokens, latents, select, examples, per_bin, context, seed)
+    summary = build_dashboard(checkpoint, out or checkpoint / "dashboard", cfg)
     console.print(
-        f"wrote {summary['out']}: {len(summary['latents'])} latents over {summary['tokens']:,} tokens "
-        f"({summary['dead']:,} never fired)"
+        f"wrote {summary['out']}/index.html: {len(summary['latents'])} feature pages from {summary['tokens']:,} "
+        f"tokens ({summary['dead']:,} latents never fired)"
     )
 
 
