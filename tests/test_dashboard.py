@@ -15,7 +15,7 @@ from vsae.archs.checkpoint import load_sae
 from vsae.dashboard.build import DashboardConfig, choose_latents, quantile_groups
 from vsae.dashboard.contexts import contexts
 from vsae.dashboard.directions import final_norm_and_unembedding, logit_effects, neighbours
-from vsae.dashboard.scan import EDGES, N_BINS, _Reservoir, scan
+from vsae.dashboard.scan import EDGES, N_BINS, _BestPerGroup, scan
 from vsae.errors import VsaeError
 from vsae.evaluate.core import checkpoint_table
 
@@ -73,10 +73,12 @@ def test_reservoir_samples_uniformly():
     counts = np.zeros(10)
     trials = 3000
     for seed in range(trials):
-        res = _Reservoir(groups=1, per_group=2, seed=seed)
+        res = _BestPerGroup(groups=1, per_group=2)
+        gen = torch.Generator().manual_seed(seed)
         for part in (range(0, 3), range(3, 4), range(4, 10)):
             idx = torch.tensor(list(part))
-            res.add(torch.zeros(len(idx), dtype=torch.int64), idx, idx.float())
+            key = torch.rand(len(idx), generator=gen, dtype=torch.float64)
+            res.add(torch.zeros(len(idx), dtype=torch.int64), key, idx, idx.float())
         counts[res.dense()[0][0].numpy()] += 1
     expected = trials * 0.2
     chi2 = float(((counts - expected) ** 2 / expected).sum())

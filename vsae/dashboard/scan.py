@@ -44,44 +44,50 @@ class FeatureStats:
         return None if self.sigma_sum is None else self.sigma_sum / self.fires.clamp(min=1)
 
 
-class _Reservoir:
-    """Per (latent, bin) group, the R candidates with the smallest uniform random keys seen so far: a uniform
-    sample without replacement of the tokens that fell in that group, kept in O(filled groups · R) memory."""
+def _rank_in_group(sorted_group: torch.Tensor) -> torch.Tensor:
+    """For a sorted group-id vector, each entry's position within its group (0, 1, ...)."""
+    first = torch.ones_like(sorted_group, dtype=torch.bool)
+    first[1:] = sorted_group[1:] != sorted_group[:-1]
+    starts = torch.nonzero(first).flatten()
+    return torch.arange(len(sorted_group)) - starts[torch.cumsum(first.long(), 0) - 1]
 
-    def __init__(self, groups: int, per_group: int, seed: int):
+
+def _by_group_then_key(group: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """The permutation sorting by group, ties by key (two stable sorts: exact for any key values)."""
+    by_key = torch.argsort(key, stable=True)
+    return by_key[torch.argsort(group[by_key], stable=True)]
+
+
+class _BestPerGroup:
+    """Per group, the R entries with the smallest keys seen so far, in O(filled groups · R) memory: with
+    uniform random keys a uniform sample without replacement, with key −|value| the R largest values."""
+
+    def __init__(self, groups: int, per_group: int):
         self.r = per_group
         self.groups = groups
-        self.gen = torch.Generator().manual_seed(seed)
         self.group = torch.zeros(0, dtype=torch.int64)
         self.key = torch.zeros(0, dtype=torch.float64)
         self.row = torch.zeros(0, dtype=torch.int64)
         self.val = torch.zeros(0)
 
-    def add(self, group: torch.Tensor, row: torch.Tensor, val: torch.Tensor) -> None:
-        key = torch.rand(len(group), generator=self.gen, dtype=torch.float64)
+    def add(self, group: torch.Tensor, key: torch.Tensor, row: torch.Tensor, val: torch.Tensor) -> None:
         g = torch.cat([self.group, group])
-        k = torch.cat([self.key, key])
-        order = torch.argsort(g.double() + k * 0.5)  # by group, then key (keys < 1, so groups never mix)
-        g = g[order]
-        first = torch.ones_like(g, dtype=torch.bool)
-        first[1:] = g[1:] != g[:-1]
-        starts = torch.nonzero(first).flatten()
-        rank = torch.arange(len(g)) - starts[torch.cumsum(first.long(), 0) - 1]
-        keep = order[rank < self.r]
-        self.group, self.key = g[rank < self.r], k[keep]
+        k = torch.cat([self.key, key.double()])
+        order = _by_group_then_key(g, k)
+        keep = order[_rank_in_group(g[order]) < self.r]
+        self.group, self.key = g[keep], k[keep]
         self.row = torch.cat([self.row, row])[keep]
         self.val = torch.cat([self.val, val])[keep]
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """[groups, R] rows (−1 where empty) and values."""
+        """[groups, R] rows (−1 where empty) and values, each group's entries by ascending key."""
+        order = _by_group_then_key(self.group, self.key)
+        group, row, val = self.group[order], self.row[order], self.val[order]
+        rank = _rank_in_group(group)
         rows = torch.full((self.groups, self.r), -1, dtype=torch.int64)
         vals = torch.zeros(self.groups, self.r)
-        first = torch.ones_like(self.group, dtype=torch.bool)
-        first[1:] = self.group[1:] != self.group[:-1]
-        starts = torch.nonzero(first).flatten()
-        rank = torch.arange(len(self.group)) - starts[torch.cumsum(first.long(), 0) - 1]
-        rows[self.group, rank] = self.row
-        vals[self.group, rank] = self.val
+        rows[group, rank] = row
+        vals[group, rank] = val
         return rows, vals
 
 
@@ -104,32 +110,30 @@ def scan(
     abs_max = torch.zeros(f_dim)
     hist = torch.zeros(f_dim * N_BINS, dtype=torch.int64)
     sigma_sum = torch.zeros(f_dim, dtype=torch.float64) if sae.cfg.is_variational else None
-    top_vals, top_rows = torch.zeros(0, f_dim), torch.zeros(0, f_dim, dtype=torch.int64)
-    reservoir = _Reservoir(f_dim * N_BINS, per_bin, seed)
+    top = _BestPerGroup(f_dim, examples)  # key −|f|: the largest activations per latent
+    sample = _BestPerGroup(f_dim * N_BINS, per_bin)  # random keys: a uniform sample per (latent, bin)
+    gen = torch.Generator().manual_seed(seed)
     with Progress("scan", total=stop - start, unit="tok", enabled=show) as bar:
         for b in range(start, stop, block):
             x = table.read(b, min(stop, b + block))
             f = sae.encode(x)
-            mag = f.abs()
-            rows, cols = torch.nonzero(mag, as_tuple=True)
+            rows, cols = torch.nonzero(f, as_tuple=True)  # everything below is O(non-zeros), not O(N·F)
             vals = f[rows, cols]
+            mag = vals.abs()
             fires += torch.bincount(cols, minlength=f_dim)
-            abs_sum += mag.sum(0, dtype=torch.float64)
-            abs_max = torch.maximum(abs_max, mag.amax(0))
-            group = cols * N_BINS + torch.bucketize(vals.abs(), EDGES)
+            abs_sum += torch.bincount(cols, weights=mag.double(), minlength=f_dim)
+            abs_max.scatter_reduce_(0, cols, mag, reduce="amax")
+            group = cols * N_BINS + torch.bucketize(mag, EDGES)
             hist += torch.bincount(group, minlength=f_dim * N_BINS)
-            reservoir.add(group, rows + b, vals)
+            key = torch.rand(len(group), generator=gen, dtype=torch.float64)
+            sample.add(group, key, rows + b, vals)
+            top.add(cols, -mag, rows + b, vals)
             if sigma_sum is not None:
                 sigma = torch.exp(0.5 * sae.posterior(x).log_var)
-                sigma_sum += (sigma * (mag > 0)).sum(0, dtype=torch.float64)
-            k = min(examples, len(x))
-            best, idx = mag.topk(k, dim=0)
-            signed = torch.where(best > 0, f.gather(0, idx), torch.zeros_like(best))
-            top_vals, top_rows = torch.cat([top_vals, signed]), torch.cat([top_rows, idx + b])
-            keep = top_vals.abs().topk(min(examples, len(top_vals)), dim=0).indices
-            top_vals, top_rows = top_vals.gather(0, keep), top_rows.gather(0, keep)
+                sigma_sum += torch.bincount(cols, weights=sigma[rows, cols].double(), minlength=f_dim)
             bar.advance(len(x))
-    sample_rows, sample_vals = reservoir.dense()
+    sample_rows, sample_vals = sample.dense()
+    top_rows, top_vals = top.dense()
     return FeatureStats(
         start=start,
         n=stop - start,
@@ -137,8 +141,8 @@ def scan(
         abs_sum=abs_sum,
         abs_max=abs_max,
         hist=hist.view(f_dim, N_BINS),
-        top_vals=top_vals,
-        top_rows=top_rows,
+        top_vals=top_vals.T.contiguous(),
+        top_rows=top_rows.clamp(min=0).T.contiguous(),  # no example: value 0, row 0
         sample_rows=sample_rows.view(f_dim, N_BINS, per_bin),
         sample_vals=sample_vals.view(f_dim, N_BINS, per_bin),
         sigma_sum=sigma_sum,
