@@ -560,7 +560,7 @@ def viz(
     summary = build_dashboard(checkpoint, out or checkpoint / "dashboard", cfg)
     console.print(
         f"wrote {summary['out']}/index.html: {len(summary['latents'])} feature pages from {summary['tokens']:,} "
-        f"tokens ({summary['dead']:,} latents never fired)"
+        f"tokens ({summary['dead']:,} latent(s) never fired)"
     )
 
 

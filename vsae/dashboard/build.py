@@ -270,11 +270,12 @@ def _index_body(path: Path, sae: SAE, table: Table, stats: FeatureStats, chosen:
     return (
         f'<h1>{html.escape(path.name)}</h1><p class="meta">{html.escape(sae.cfg.architecture)}, F = '
         f"{sae.cfg.d_sae:,}; {stats.n:,} {cfg.split} tokens of {html.escape(table.path)} scanned once; "
-        f"{dead:,} latents never fired; mean L0 {float(stats.fires.sum()) / stats.n:.1f}.</p>"
+        f"{dead:,} of {sae.cfg.d_sae:,} latents never fired; mean L0 {float(stats.fires.sum()) / stats.n:.1f}.</p>"
         f"<h2>Feature pages ({len(chosen)}, --select {html.escape(cfg.select)})</h2><p>{listed}</p>"
         f"<h2>Firing density of all latents</h2>{render.density_histogram(density)}"
         f'<h2>Decoder directions (PCA)</h2><p class="meta">Each point is a latent\'s unit decoder direction '
-        f"on the first two principal components, coloured from blue (rare) to red (dense), grey = dead; "
+        f"on the first two principal components, coloured by density percentile from blue (rarest) to red "
+        f"(densest), grey = dead; "
         f"larger outlined points have pages. Wheel to zoom, drag to pan.</p>"
         f"{render.decoder_map_svg(xy, density, pages)}"
         f'<h2>All latents</h2><p class="meta">Click a column to sort.</p><table id="features"><thead><tr>'

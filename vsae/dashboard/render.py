@@ -86,20 +86,17 @@ def density_histogram(density: list[float]) -> str:
 
 
 def decoder_map_svg(xy: list[tuple[float, float]], density: list[float], pages: set[int], size=560) -> str:
-    """All decoder directions on their first two principal components, coloured by log density over the
-    live latents' range (blue rare → red dense, grey dead); points with a feature page link to it and are
+    """All decoder directions on their first two principal components, coloured by density percentile among
+    the live latents (blue rarest → red densest, grey dead); points with a feature page link to it and are
     drawn last, so no other point covers them. Wheel zooms, drag pans."""
     xs, ys = [p[0] for p in xy], [p[1] for p in xy]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     sx, sy = (size - 20) / max(x1 - x0, 1e-9), (size - 20) / max(y1 - y0, 1e-9)
-    logs = [math.log10(d) for d in density if d > 0] or [0.0]
-    lo, hi = min(logs), max(logs)
+    live = sorted(d for d in density if d > 0)
+    rank = {d: i / max(1, len(live) - 1) for i, d in enumerate(live)}  # colour by density percentile
     plain, linked = [], []
     for j, ((x, y), d) in enumerate(zip(xy, density, strict=True)):
-        if d > 0:
-            fill = f"hsl({240 - 240 * (math.log10(d) - lo) / max(hi - lo, 1e-9):.0f},75%,48%)"
-        else:
-            fill = "#bbb"
+        fill = f"hsl({240 - 240 * rank[d]:.0f},75%,48%)" if d > 0 else "#bbb"
         cx, cy = 10 + (x - x0) * sx, size - 10 - (y - y0) * sy
         tip = f"<title>latent {j} · density {d:.3g}{' · open its page' if j in pages else ''}</title>"
         if j in pages:
