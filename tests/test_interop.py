@@ -115,7 +115,7 @@ def test_sign_split_reproduces_signed_codes():
 
 
 def test_saebench_adapter_wraps_a_checkpoint(tmp_path):
-    from vsae.evaluate.saebench import saebench_sae
+    from vsae.interop.saebench import saebench_sae
 
     model = _trained_like("vsae_topk")
     write_checkpoint(
@@ -215,7 +215,7 @@ def test_invariant_import_refusals_and_required_relu_mu(tmp_path):
     g = torch.Generator().manual_seed(1)
     _write_reference(tmp_path / "lap", "LaplacianTopK", _ref_tensors(g))
     with pytest.raises(VsaeError, match="no exact"):
-        from vsae.archs.import_dl import import_dictionary_learning
+        from vsae.interop.import_dl import import_dictionary_learning
 
         import_dictionary_learning(tmp_path / "lap", tmp_path / "o1")
     sd = _ref_tensors(g) | {
@@ -257,7 +257,7 @@ def _linear_ref(g, bias_key="bias"):
     ],
 )
 def test_invariant_import_linear_family_classes(tmp_path, dict_class, trainer, expect_arch):
-    from vsae.archs.import_dl import import_dictionary_learning
+    from vsae.interop.import_dl import import_dictionary_learning
 
     g = torch.Generator().manual_seed(3)
     april = dict_class == "AutoEncoderNew"
@@ -291,7 +291,7 @@ def test_invariant_import_linear_family_classes(tmp_path, dict_class, trainer, e
 
 
 def test_invariant_import_matryoshka_and_vsae_jumprelu(tmp_path):
-    from vsae.archs.import_dl import import_dictionary_learning
+    from vsae.interop.import_dl import import_dictionary_learning
 
     g = torch.Generator().manual_seed(5)
     x = _x()

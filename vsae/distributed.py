@@ -1,4 +1,4 @@
-"""torch.distributed for the training loop (spec §3.2 data-parallel rules) and the harvest: the same code
+"""torch.distributed for the training loop (global firing, token counts and statistics across ranks) and the harvest: the same code
 runs at world size 1, where every collective below is the identity."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class World:
         return bool(t.item())
 
     def mean_defined(self, value: torch.Tensor | None, device) -> torch.Tensor | None:
-        """Mean over the ranks where `value` is defined; None if it is undefined everywhere (§3.2 rule 5)."""
+        """Mean over the ranks where `value` is defined; None if it is undefined everywhere."""
         if not self.active:
             return value
         t = torch.zeros(2, dtype=torch.float64, device=device)

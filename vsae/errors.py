@@ -8,7 +8,7 @@ class VsaeError(Exception):
 
 
 class NonFiniteLoss(VsaeError):
-    """The loss became NaN/inf: training stops at once with the raw terms (spec §3.2)."""
+    """The loss became NaN/inf: training stops at once with the raw terms."""
 
     def __init__(self, step: int, raw: dict):
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in raw.items())

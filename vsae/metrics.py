@@ -1,4 +1,4 @@
-"""Reconstruction metrics shared by training logs and held-out evaluation (spec §7)."""
+"""Reconstruction metrics shared by training logs and held-out evaluation (docs/architectures.md)."""
 
 from __future__ import annotations
 

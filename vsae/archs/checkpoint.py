@@ -1,5 +1,5 @@
-"""Checkpoints (spec §8): cfg.json + sae.safetensors in raw space, written atomically; raw-space
-conversion and its inverse driven by each tensor's rule (§4.2)."""
+"""Checkpoints (docs/architectures.md): cfg.json + sae.safetensors in raw space, written atomically; raw-space
+conversion and its inverse driven by each tensor's rule."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from vsae.validation import check_types
 
 @dataclass
 class SAEConfig:
-    """Architecture and loss hyper-parameters (the `model` block of cfg.json); training space (spec §1)."""
+    """Architecture and loss hyper-parameters (the `model` block of cfg.json); training space (docs/architectures.md)."""
 
     architecture: str = "topk"
     """Registry name of the architecture."""
@@ -21,9 +21,9 @@ class SAEConfig:
     d_sae: int = 0
     """Number of latents F."""
     encoder: str = "linear"
-    """Encoder path: linear (u = x̃W_enc + b_enc) or gated (gate and magnitude paths, §5.3)."""
+    """Encoder path: linear (u = x̃W_enc + b_enc) or gated (gate and magnitude paths)."""
     sparsifier: str = "topk"
-    """Sparsifier S: relu, topk, batchtopk, jumprelu or gate (§2.3)."""
+    """Sparsifier S: relu, topk, batchtopk, jumprelu or gate."""
     k: int = 32
     """Active latents per token for the top-k family (batchtopk: the per-token average)."""
     topk_mode: str = "value"
@@ -33,23 +33,23 @@ class SAEConfig:
     apply_b_dec_to_input: bool = True
     """Centre the input: x̃ = x − b_dec."""
     b_dec_init: str = "zeros"
-    """Initial b_dec: zeros or geometric_median of the first batch (§3.7)."""
+    """Initial b_dec: zeros or geometric_median of the first batch."""
     decoder_norm: str = "unit"
-    """Decoder-norm policy: unit (rows kept at norm 1) or free (norm-weighted penalties, §2.4)."""
+    """Decoder-norm policy: unit (rows kept at norm 1) or free (norm-weighted penalties)."""
     init_dec_norm: float = 1.0
     """Initial norm of every decoder row (1.0 under unit, 0.1 under free)."""
     inference: str = "topk"
-    """Inference rule of the top-k family: topk (exact selection) or threshold (learned θ, §3.5)."""
+    """Inference rule of the top-k family: topk (exact selection) or threshold (learned θ)."""
     sparsity_penalty: str = "l1"
     """Penalty of the relu sparsifier: l1 (λ Σ n_j|μ_j|) or lp_p (p-annealed Σ (n_j f_j)^p, panneal)."""
     resampling: bool = False
-    """Dead latents may be resampled (§3.6; standard and panneal, never a vsae_*)."""
+    """Dead latents may be resampled (standard and panneal, never a vsae_*)."""
     l1_coeff: float = 0.0
     """λ of the L1 penalty (relu and gate sparsifiers; α₀ for panneal)."""
     aux_coeff: float = 1.0
     """α_aux of the gated models' frozen-decoder auxiliary reconstruction."""
     auxk_coeff: float = 1 / 32
-    """Coefficient of the AuxK dead-latent loss (top-k family, §3.4)."""
+    """Coefficient of the AuxK dead-latent loss (top-k family)."""
     aux_k: int = 0
     """Dead latents AuxK selects per token (0: ⌊D/2⌋)."""
     threshold_init: float = 0.001
@@ -77,7 +77,7 @@ class SAEConfig:
     p_queue_len: int = 10
     """panneal: penalties remembered for the α continuity rescale."""
     threshold_start_frac: float = 0.1
-    """Top-k family: fraction of T after which the inference threshold θ is learned (EMA, §3.5)."""
+    """Top-k family: fraction of T after which the inference threshold θ is learned (EMA)."""
     threshold_beta: float = 0.999
     """Top-k family: upper bound on the θ EMA decay (the run caps it at 1 − 20/T)."""
     variational: bool = False
@@ -109,7 +109,7 @@ class SAEConfig:
     kl_coeff_source: str = "auto"
     """Where β came from: auto (derived from δ) or user."""
     n_dec: int = 0
-    """Latents whose sample reaches the decoder per token (derived, §6)."""
+    """Latents whose sample reaches the decoder per token (derived)."""
 
     @property
     def is_variational(self) -> bool:
@@ -183,7 +183,7 @@ def validate(cfg: SAEConfig) -> None:
         raise VsaeError(f"k={cfg.k} must be at least 1 and below the dictionary size {cfg.d_sae}")
     if cfg.topk_family and cfg.decoder_norm == "free":
         raise VsaeError(
-            f"{cfg.architecture} cannot use decoder_norm=free: top-k selection breaks the rescaling symmetry (spec §2.4)"
+            f"{cfg.architecture} cannot use decoder_norm=free: top-k selection breaks the rescaling symmetry (docs/architectures.md)"
         )
     if cfg.var_flag not in (0, 1):
         raise VsaeError(f"var_flag must be 0 or 1 (got {cfg.var_flag})")
@@ -215,6 +215,6 @@ def validate(cfg: SAEConfig) -> None:
     if cfg.sparsity_penalty == "lp_p" and cfg.sparsifier != "relu":
         raise VsaeError("sparsity_penalty=lp_p needs the relu sparsifier")
     if cfg.resampling and cfg.variational:
-        raise VsaeError("resampling is not defined for the vsae_* architectures (spec §6)")
+        raise VsaeError("resampling is not defined for the vsae_* architectures (docs/architectures.md)")
     if cfg.n_p_updates < 2 or cfg.p_end <= 0:
         raise VsaeError("panneal needs n_p_updates >= 2 and p_end > 0")

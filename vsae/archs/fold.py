@@ -1,4 +1,4 @@
-"""Exact reparameterisations for export (spec §4.3, §8.5): folding decoder norms into unit rows, and
+"""Exact reparameterisations for export (docs/architectures.md): folding decoder norms into unit rows, and
 sign-splitting a signed code into 2F non-negative latents."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def fold_to_unit(model: SAE) -> SAE:
 
 @torch.no_grad()
 def rescale_latents(model: SAE, scale: torch.Tensor) -> SAE:
-    """A copy with latent j rescaled by scale_j through each tensor's fold rule (§4.2): codes × scale,
+    """A copy with latent j rescaled by scale_j through each tensor's fold rule: codes × scale,
     decoder rows ÷ scale, log-variances + 2 ln scale. Folding is this with scale = decoder norms."""
     out = copy.deepcopy(model)
     ops = {

@@ -1,6 +1,6 @@
 """The training step of a deterministic top-k SAE (topk, batchtopk) on the selected entries only.
 
-Same math as `SAE.loss_terms` (spec §2.3, §3.4, §3.5) — an invariant test holds the two equal — but the
+Same math as `SAE.loss_terms` (docs/architectures.md) — an invariant test holds the two equal — but the
 encoder output u = x W + b is computed once without autograd, the selection is read from it as CSR, and
 every later tensor is [nnz] or [N, d]: no N×F mask, code, ReLU, or zero-filled gradient is built. Used when
 the code is sparse (k/F ≤ DENSITY_LIMIT), the scores are the values (topk_mode value) and there is no
@@ -66,7 +66,7 @@ def loss_terms(sae: SAE, x: Tensor, ctx: StepContext, terms: dict) -> dict:
 def _auxk(
     sae: SAE, x: Tensor, xt: Tensor, x_hat: Tensor, u: Tensor, dead: Tensor | None, raw: dict
 ) -> Tensor:
-    """AuxK (§3.4) on the dead latents' entries of u; exactly 0 with none dead."""
+    """AuxK on the dead latents' entries of u; exactly 0 with none dead."""
     if dead is None or not bool(dead.any()):
         raw["auxk"] = torch.zeros((), device=x.device)
         return raw["auxk"]
@@ -83,7 +83,7 @@ def _auxk(
 
 
 def _threshold_stat(sparsifier: str, vals: Tensor, rows: Tensor, crow: Tensor) -> dict:
-    """§3.5 statistic: mean over rows of the smallest selected score (topk), or the smallest overall."""
+    """The θ statistic: mean over rows of the smallest selected score (topk), or the smallest overall."""
     if vals.numel() == 0:
         return {"theta_stat": None}
     if sparsifier == "batchtopk":

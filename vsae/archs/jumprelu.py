@@ -1,4 +1,4 @@
-"""JumpReLU with the straight-through estimator of spec §5.6 (rectangle kernel, bandwidth h)."""
+"""JumpReLU with the straight-through estimator (rectangle kernel, bandwidth h; docs/architectures.md, Sparsifiers)."""
 
 from __future__ import annotations
 

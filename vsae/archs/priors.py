@@ -1,4 +1,4 @@
-"""Per-token KL divergences of spec §2.5 in the expm1 form (no cancellation, never clamped).
+"""Per-token KL divergences (docs/architectures.md, The variational part) in the expm1 form (no cancellation, never clamped).
 
 Inputs are unit-equivalent: mu_t = n_j μ_j and ell_t = ℓ_j + 2 ln n_j (ell_t None for var_flag = 0).
 Each function returns the per-token KL [N]; the loss takes the mean over tokens.

@@ -1,7 +1,7 @@
-"""The architecture registry: a name → config overrides on SAEConfig and training defaults (spec §5, §6).
+"""The architecture registry: a name → config overrides on SAEConfig and training defaults (docs/architectures.md).
 
 Adding an architecture is one entry here (plus a module only if it needs a new piece of math);
-`vsae_X` entries are derived from `X` by the construction rule of §6.
+`vsae_X` entries are derived from `X` by the construction rule of docs/architectures.md (The registry).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ArchSpec:
     n_dec: str | None = None  # vsae_*: "F", "k", "l0_target" or "32"
 
 
-# Spec §5.9 calibration (bench/RESULTS.md): on SmolLM2-135M layer 3 at F = 4608, λ = 0.16 gives L0 ≈ 30
+# Calibration (bench/RESULTS.md): on SmolLM2-135M layer 3 at F = 4608, λ = 0.16 gives L0 ≈ 30
 # for standard and vsae_iso (0.04, the provisional value, gives L0 ≈ 200). The other L1 families keep their
 # provisional values until a measured run brackets L0 = 32 (see the calibration record).
 CALIBRATED_L1 = 0.15
@@ -140,7 +140,7 @@ def model_defaults(name: str) -> dict:
         out |= spec.model
     if any(s.n_dec for s in _chain(name)):
         out["variational"] = True
-        out["resampling"] = False  # never inherited by vsae_X (§6)
+        out["resampling"] = False  # never inherited by vsae_X
         out.setdefault("var_flag", 1)
     return out
 

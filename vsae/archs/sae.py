@@ -1,7 +1,7 @@
-"""The composable SAE of spec §2: encoder → (Gaussian posterior) → sparsifier → linear decoder.
+"""The composable SAE (math: docs/architectures.md): encoder → (Gaussian posterior) → sparsifier → linear decoder.
 
 Every registry architecture is this one module with a different SAEConfig; the trainer only ever calls
-`loss_terms`, `init_from_batch` and `after_step` (§3.1) and never branches on a name.
+`loss_terms`, `init_from_batch` and `after_step` and never branches on a name.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ TERM_KEYS = ("rec", "l1", "lp", "l0", "aux_gate", "auxk", "kl")
 
 @dataclass
 class StepContext:
-    """What the trainer tells the model about step t (read-only for the model, §3.1)."""
+    """What the trainer tells the model about step t (read-only for the model)."""
 
     step: int = 0
     total_steps: int = 1
@@ -91,7 +91,7 @@ class SAE(nn.Module):
         self._fallback_warned = False
         self.p_state = _PAnneal(cfg) if cfg.sparsity_penalty == "lp_p" else None
 
-    # ---------------------------------------------------------------- declarations (§3.1, §4.2)
+    # ---------------------------------------------------------------- declarations
     @property
     def supports_resampling(self) -> bool:
         return self.cfg.resampling
@@ -102,7 +102,7 @@ class SAE(nn.Module):
         return {k: v for k, v in axes.items() if k in self.state_dict()}
 
     def tensor_rules(self) -> dict[str, tuple[str, str]]:
-        """Tensor name → (raw rule, fold rule), one row of the §4.2 table per tensor."""
+        """Tensor name → (raw rule, fold rule), one row per tensor."""
         rules = {
             "W_enc": ("same", "col_mul"),
             "b_enc": ("mul_c", "mul"),
@@ -120,7 +120,7 @@ class SAE(nn.Module):
         }
         return {k: v for k, v in rules.items() if k in self.state_dict()}
 
-    # ---------------------------------------------------------------- pieces of the pipeline (§2.1)
+    # ---------------------------------------------------------------- pieces of the pipeline
     def dec_norms(self) -> Tensor:
         """n_j: the constant 1 under `unit`, the differentiable row norms under `free`."""
         if self.cfg.decoder_norm == "unit":
@@ -131,7 +131,7 @@ class SAE(nn.Module):
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
     def _scores_fp32(self):
-        """Matmuls that feed a top-k / AuxK selection run in fp32 even under bf16 autocast (spec §1)."""
+        """Matmuls that feed a top-k / AuxK selection run in fp32 even under bf16 autocast (docs/architectures.md)."""
         if self.cfg.topk_family:
             return torch.autocast(device_type=self.W_enc.device.type, enabled=False)
         return contextlib.nullcontext()
@@ -207,7 +207,7 @@ class SAE(nn.Module):
             return values
         return values * self._active_mask(site, mu, pi_gate)
 
-    # ---------------------------------------------------------------- inference API (§3.1)
+    # ---------------------------------------------------------------- inference API
     def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
         shape = x.shape
         xt = self._centre(x.reshape(-1, shape[-1]))
@@ -237,7 +237,7 @@ class SAE(nn.Module):
     def forward(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
         return self.decode(self.encode(x, sample=sample, generator=generator))
 
-    # ---------------------------------------------------------------- training (§3.1, §5, §6)
+    # ---------------------------------------------------------------- training
     def loss_terms(self, x: Tensor, ctx: StepContext) -> dict:
         if self.space != "normalized":
             raise VsaeError("loss_terms needs a training-space model: load it with space='normalized'")
@@ -389,7 +389,7 @@ class SAE(nn.Module):
         return priors.kl_iso(mu_t, ell_t, scope)
 
     def _threshold_stat(self, mu: Tensor, mask: Tensor) -> dict:
-        """The per-step statistic the θ EMA follows (§3.5); None when undefined."""
+        """The per-step statistic the θ EMA follows; None when undefined."""
         score, _ = scores(mu, self.cfg.topk_mode)
         positive = mask & (score > 0)
         if not bool(positive.any()):
@@ -400,7 +400,7 @@ class SAE(nn.Module):
             return {"theta_stat": row_min[rows].mean()}
         return {"theta_stat": torch.where(positive, score, torch.full_like(score, torch.inf)).min()}
 
-    # ---------------------------------------------------------------- hooks (§3.1)
+    # ---------------------------------------------------------------- hooks
     @torch.no_grad()
     def init_from_batch(self, x: Tensor) -> None:
         if self.cfg.b_dec_init == "geometric_median":
@@ -430,7 +430,7 @@ class SAE(nn.Module):
 
 
 class _PAnneal:
-    """p-annealing state (§5.8): switch steps, active p, α and the continuity queue."""
+    """p-annealing state: switch steps, active p, α and the continuity queue."""
 
     def __init__(self, cfg: SAEConfig):
         self.cfg = cfg
@@ -508,7 +508,7 @@ class _PAnneal:
 
 
 def geometric_median(x: Tensor, max_iter: int = 100) -> Tensor:
-    """Weiszfeld iterations from the mean (§3.7)."""
+    """Weiszfeld iterations from the mean."""
     x = x.double()
     m = x.mean(dim=0)
     for _ in range(max_iter):

@@ -1,4 +1,4 @@
-"""Top-k selection with the spec's tie rule (§2.3): among equal scores the lower index wins."""
+"""Top-k selection with an exact tie rule: among equal scores the lower index wins."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step counts from run fractions (spec §3.3) and seeded random streams (§2.6)."""
+"""Step counts from run fractions (docs/architectures.md) and seeded random streams."""
 
 from __future__ import annotations
 

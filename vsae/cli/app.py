@@ -476,7 +476,7 @@ def export_(
     ],
 ) -> None:
     """Export a checkpoint to SAELens format (unit decoder rows; signed codes sign-split into 2F latents)."""
-    from vsae.archs.export import export_saelens
+    from vsae.interop.export_saelens import export_saelens
 
     export_saelens(checkpoint, out)
     console.print(f"wrote SAELens folder {out}")
@@ -508,10 +508,10 @@ def import_(
         typer.Option(help="Convert classes with no exact equivalent (VSAEGated); recorded as exact=false."),
     ] = False,
 ) -> None:
-    """Import a dictionary_learning checkpoint (the dict_classes of spec §8.6) or a SAELens folder (standard,
+    """Import a dictionary_learning checkpoint (its dict_class picks the architecture) or a SAELens folder (standard,
     gated, jumprelu, topk) as a vsae checkpoint."""
-    from vsae.archs.import_dl import import_dictionary_learning
-    from vsae.archs.import_saelens import import_saelens, is_saelens_folder
+    from vsae.interop.import_dl import import_dictionary_learning
+    from vsae.interop.import_saelens import import_saelens, is_saelens_folder
     from vsae.store.table import open_table
 
     if store is not None and norm_factor is None:

@@ -1,4 +1,4 @@
-"""Held-out core metrics (spec §7) of a checkpoint, measured with the inference rule `encode`."""
+"""Held-out core metrics (definitions: docs/conventions.md) of a checkpoint, measured with the inference rule `encode`."""
 
 from __future__ import annotations
 

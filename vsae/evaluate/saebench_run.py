@@ -113,7 +113,7 @@ def run_core(checkpoint: Path, table: Table, loaded, settings: CoreSettings) -> 
     from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
     from sae_lens.training.activations_store import ActivationsStore
 
-    from vsae.evaluate.saebench import saebench_sae
+    from vsae.interop.saebench import saebench_sae
 
     tokens = heldout_tokens(table, settings)
     model = hooked_transformer(loaded)

@@ -100,7 +100,7 @@ class Table:
             ) from exc
 
     def norm_factor(self) -> float:
-        """c = sqrt(E‖x‖²) over the training split, from the statistics recorded at harvest (spec §4.1)."""
+        """c = sqrt(E‖x‖²) over the training split, from the statistics recorded at harvest (docs/architectures.md)."""
         return math.sqrt(self.train_stats()["mean_sq_norm"])
 
     def heldout_windows(self) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The one training loop (spec §3.2). Every architecture and every SAE of a sweep runs through
+"""The one training loop (docs/architectures.md). Every architecture and every SAE of a sweep runs through
 `SAERun.step` on the same batch; architectures differ only inside `SAE.loss_terms` and its hooks."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class SAERun:
         self.model = (start if start is not None else SAE(self.cfg, seed=tcfg.seed)).to(self.device)
         self.initialised = start is not None  # a checkpoint's weights are not re-initialised from the data
         self.loss_module = _LossModule(self.model)
-        if world.active:  # DDP arms its gradient all-reduce in its own forward (§3.2 rule 1)
+        if world.active:  # DDP arms its gradient all-reduce in its own forward
             self.loss_module = torch.nn.parallel.DistributedDataParallel(self.loss_module)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=self.betas, eps=tcfg.eps)
@@ -129,7 +129,7 @@ class SAERun:
         )
         self.n_resampled = 0
 
-    # ------------------------------------------------------------------ the step of §3.2
+    # ------------------------------------------------------------------ the training step
     def step(self, x: torch.Tensor, t: int, fresh: bool, log_now: bool) -> dict | None:
         model = self.model
         ctx = StepContext(
@@ -190,7 +190,7 @@ class SAERun:
 
     @torch.no_grad()
     def _metrics(self, x, out, ctx, grad_norm) -> dict:
-        """Training-rule metrics of this batch (spec §7): f_det and x̂(f_det)."""
+        """Training-rule metrics of this batch (docs/architectures.md): f_det and x̂(f_det)."""
         model = self.model
         x_det = out.get("x_hat_det", out["x_hat"])
         m = {
@@ -349,7 +349,7 @@ def _initial_model(spec: SAESpec, table: Table, c: float) -> SAE | None:
 
 
 class _LossModule(torch.nn.Module):
-    """forward(x, ctx) = model.loss_terms(x, ctx): the module data parallelism would wrap (§3.2)."""
+    """forward(x, ctx) = model.loss_terms(x, ctx): the module data parallelism would wrap."""
 
     def __init__(self, model: SAE):
         super().__init__()

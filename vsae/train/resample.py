@@ -1,4 +1,4 @@
-"""Resampling dead latents (spec §3.6; standard and panneal): in place, by parameter name."""
+"""Resampling dead latents (docs/architectures.md; standard and panneal): in place, by parameter name."""
 
 from __future__ import annotations
 

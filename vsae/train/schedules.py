@@ -1,4 +1,4 @@
-"""Schedules as fractions of T (spec §3.3): clamped, never asserted, so 1-step runs work."""
+"""Schedules as fractions of T (docs/architectures.md): clamped, never asserted, so 1-step runs work."""
 
 from __future__ import annotations
 

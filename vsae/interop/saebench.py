@@ -1,4 +1,4 @@
-"""Wrap any vsae checkpoint as an SAE Bench custom SAE (spec §8.5): raw space, unit decoder rows,
+"""Wrap any vsae checkpoint as an SAE Bench custom SAE (docs/architectures.md): raw space, unit decoder rows,
 sign-split signed codes, deterministic single-tensor `encode` with the inference rule."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from vsae.archs.checkpoint import load_sae, read_cfg
-from vsae.archs.export import deployable
 from vsae.errors import VsaeError
+from vsae.interop.export_saelens import deployable
 
 
 def saebench_sae(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):

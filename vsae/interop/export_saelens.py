@@ -1,4 +1,4 @@
-"""Export a checkpoint as a SAELens folder (cfg.json + sae_weights.safetensors), spec §8.5: raw space,
+"""Export a checkpoint as a SAELens folder (cfg.json + sae_weights.safetensors): raw space,
 decoder folded to unit rows, signed codes sign-split, deterministic inference rule."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from vsae.archs.checkpoint import atomic_dir, load_sae, read_cfg
 from vsae.archs.fold import fold_to_unit, needs_sign_split, sign_split, uses_selection
 from vsae.archs.sae import SAE
 from vsae.errors import VsaeError
+from vsae.interop import SAELENS_TENSORS
 from vsae.store.faults import failpoint
 
 
@@ -81,12 +82,7 @@ def export_saelens(checkpoint: str | Path, out: str | Path) -> Path:
     meta = read_cfg(checkpoint)
     model, split = deployable(load_sae(checkpoint))
     arch = saelens_architecture(model)
-    names = {
-        "standard": ["W_enc", "b_enc", "W_dec", "b_dec"],
-        "gated": ["W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"],
-        "jumprelu": ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"],
-        "topk": ["W_enc", "b_enc", "W_dec", "b_dec"],
-    }[arch]
+    names = SAELENS_TENSORS[arch]
     state = model.state_dict()
     if arch == "jumprelu" and model.cfg.topk_family:
         state["threshold"] = state["threshold"].clamp(min=0)

@@ -1,4 +1,4 @@
-"""Import dictionary_learning checkpoints (`ae.pt` + `config.json`), spec §8.6: dispatch on dict_class,
+"""Import dictionary_learning checkpoints (`ae.pt` + `config.json`): dispatch on dict_class,
 map keys, transpose Linear weights, and write a vsae checkpoint in raw space."""
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def _fill(raw: SAE, tensors: dict, c: float, logvar_convention: str) -> SAE:
 
 
 def _map_vsae_gated(trainer, sd, notes):
-    """Spec §8.6: the shared encoder bias b_e folds into both paths, b_gate = gate_bias + b_e and
+    """The shared encoder bias b_e folds into both paths, b_gate = gate_bias + b_e and
     b_mag = mag_bias + exp(r)·b_e with r = clamp(r_mag, ±5); the decoder bias is `decoder_bias` or
     `bias` (subtracted from the input) or `decoder.bias` (April mode, not subtracted)."""
     r = _t(sd, "r_mag").clamp(-5.0, 5.0)

@@ -9,15 +9,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vsae.archs.import_dl import read_reference, write_imported
 from vsae.errors import VsaeError
+from vsae.interop import SAELENS_TENSORS
+from vsae.interop.import_dl import read_reference, write_imported
 
-TENSORS = {
-    "standard": ["W_enc", "b_enc", "W_dec", "b_dec"],
-    "gated": ["W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"],
-    "jumprelu": ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"],
-    "topk": ["W_enc", "b_enc", "W_dec", "b_dec"],
-}
+TENSORS = SAELENS_TENSORS
 
 
 def is_saelens_folder(folder: Path) -> bool:
