@@ -11,7 +11,7 @@ from vsae.archs import priors
 from vsae.archs.checkpoint import convert_space, load_sae, write_checkpoint
 from vsae.archs.registry import ARCHS, build_config
 from vsae.archs.sae import SAE, TERM_KEYS, StepContext
-from vsae.archs.select import batch_topk_mask, scores, topk_mask
+from vsae.archs.select import batch_topk_mask, scores, select_csr, topk_mask
 from vsae.archs.steps import EPS_STREAM, INIT_STREAM, make_generator, n_steps
 from vsae.errors import VsaeError
 from vsae.train.schedules import Schedule
@@ -460,3 +460,28 @@ def test_invariant_batch_topk_candidate_search_is_exact():
         assert torch.equal(mask.reshape(-1), ref), dominant
         if dominant:
             assert int(mask[3].sum()) == 80  # more than its 4·5 = 20 candidates
+
+
+@pytest.mark.parametrize("positive", [True, False])
+@pytest.mark.parametrize("k", [1, 3, 11, 12])
+def test_invariant_selection_matches_a_stable_sort_reference_under_heavy_ties(k, positive):
+    """Scores from {-1, 0, 1, 2, 3} tie everywhere; the choice must be exactly a stable sort's first k
+    (lower index wins) among eligible entries (score > 0 when positive), per row and over the batch."""
+    gen = torch.Generator().manual_seed(k + 100 * positive)
+    for _ in range(20):
+        score = torch.randint(-1, 4, (8, 12), generator=gen).float()
+        eligible = torch.rand(8, 12, generator=gen) > 0.2
+        ok = eligible & (score > 0) if positive else eligible
+        ref = torch.zeros_like(ok)
+        for n in range(8):
+            order = torch.sort(-torch.where(ok[n], score[n], torch.tensor(-torch.inf)), stable=True).indices
+            chosen = [int(j) for j in order[:k] if ok[n, j]]
+            ref[n, chosen] = True
+        assert torch.equal(topk_mask(score, eligible, k, positive), ref)
+        crow, cols, rows = select_csr(score, eligible, k, positive, per_batch=False)
+        assert torch.equal(torch.zeros_like(ok).index_put_((rows, cols), torch.tensor(True)), ref)
+        flat = torch.where(ok.reshape(-1), score.reshape(-1), torch.tensor(-torch.inf))
+        order = torch.sort(-flat, stable=True).indices[: k * 8]
+        bref = torch.zeros(96, dtype=torch.bool)
+        bref[order[ok.reshape(-1)[order]]] = True
+        assert torch.equal(batch_topk_mask(score, eligible, k, positive).reshape(-1), bref)

@@ -14,17 +14,23 @@ def _select(
     (idx, keep) from torch.topk when its choice already obeys the rule, or the explicit mask.
 
     eligible None: every entry (or, with positive=True, exactly those with score > 0). Fast path:
-    torch.topk, then one comparison to check that no tie straddles the k-th place. Only if one does,
-    the explicit rule runs: keep every eligible entry above the k-th score v, then fill the remaining
-    places with the lowest-index entries equal to v (torch.topk leaves the order of ties unspecified).
+    torch.topk of k + 1: a tie straddles the k-th place exactly when the (k+1)-th score equals the k-th
+    (no extra pass over the N×F scores). Only if one does, the explicit rule runs: keep every eligible
+    entry above the k-th score v, then fill the remaining places with the lowest-index entries equal to v
+    (torch.topk leaves the order of ties unspecified).
     `rows` > 1: `score` is a flattened [1, rows·F] matrix (batch top-k), searched through row candidates.
     """
     if eligible is not None:
         score = torch.where(eligible, score, torch.full_like(score, -torch.inf))
-    vals, idx = torch.topk(score, k, dim=-1) if rows == 1 else _flat_topk(score, k, rows)
-    v = vals[..., -1:]
+    kk = min(k + 1, score.shape[-1])
+    vals, idx = torch.topk(score, kk, dim=-1) if rows == 1 else _flat_topk(score, kk, rows)
+    v = vals[..., k - 1 : k]
     floor = 0.0 if positive else -torch.inf
-    straddles = ((score >= v).sum(dim=-1, keepdim=True) > k) & (v > floor)
+    if kk == k:  # every entry is selected: nothing can straddle
+        straddles = torch.zeros_like(v, dtype=torch.bool)
+    else:
+        straddles = (vals[..., k : k + 1] == v) & (v > floor)
+    vals, idx = vals[..., :k], idx[..., :k]
     if not bool(straddles.any()):
         return idx, vals > floor
     ok = score > floor
