@@ -485,3 +485,21 @@ def test_invariant_selection_matches_a_stable_sort_reference_under_heavy_ties(k,
         bref = torch.zeros(96, dtype=torch.bool)
         bref[order[ok.reshape(-1)[order]]] = True
         assert torch.equal(batch_topk_mask(score, eligible, k, positive).reshape(-1), bref)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_invariant_threshold_statistic_from_a_brute_force_selection(arch, dense):
+    """θ follows: topk — the mean over rows of each row's smallest selected (positive) score; batchtopk —
+    the smallest selected score of the batch. Computed here from u = x̃W + b with torch.sort."""
+    out, _ = _step(arch, dense, torch.zeros(1024, dtype=torch.bool), ties=False)
+    m = SAE(build_config(arch, D, 1024, {"k": 7}), seed=0)
+    x = torch.randn(48, D, generator=torch.Generator().manual_seed(3))
+    u = (m._centre(x) @ m.W_enc + m.b_enc).detach()
+    if arch == "topk":
+        kth = u.sort(dim=1, descending=True).values[:, 6]
+        expected = kth[kth > 0].mean()
+    else:
+        top = u.reshape(-1).sort(descending=True).values[: 7 * 48]
+        expected = top[top > 0].min()
+    torch.testing.assert_close(out["stats"]["theta_stat"], expected)

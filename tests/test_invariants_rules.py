@@ -265,8 +265,11 @@ def test_invariant_auxk_residual_detached_and_no_b_dec():
     z = m._mean(xt)[0]
     f, _ = m._train_code(z, z, None)
     x_hat = m.decode(f)
-    aux = m._auxk(x, x_hat, z, z, dead, raw)
+    from vsae.archs import topk_terms
     from vsae.archs.select import topk_mask
+
+    values_at = lambda crow, cols, rows: z[rows, cols]  # noqa: E731
+    aux = topk_terms.auxk(x, x_hat, z, True, values_at, m.W_dec, dead, m.cfg.resolved_aux_k, raw)
 
     e = (x - x_hat).detach()
     mask = topk_mask(z, dead.expand_as(z), min(m.cfg.resolved_aux_k, 20), True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vsae.archs import fused_topk, priors
+from vsae.archs import fused_topk, priors, topk_terms
 from vsae.archs.config import SAEConfig, validate
 from vsae.archs.jumprelu import jumprelu, step
 from vsae.archs.select import batch_topk_mask, scores, topk_mask
@@ -243,54 +243,75 @@ class SAE(nn.Module):
             raise VsaeError("loss_terms needs a training-space model: load it with space='normalized'")
         cfg = self.cfg
         x = x.reshape(-1, cfg.d_in)
-        if fused_topk.applies(self, x):
-            return fused_topk.loss_terms(
-                self, x, ctx, dict.fromkeys(TERM_KEYS, torch.zeros((), device=x.device))
-            )
         xt = self._centre(x)
-        mu, pi_gate = self._mean(xt)
-        ell = ell_pre = None
-        z = mu
-        if cfg.is_variational:
-            ell, ell_pre = self._log_var(xt)
-            z = self._sample(mu, ell, ctx.generator)
-        f, mask = self._train_code(mu, z, pi_gate)
-        site = self._site(mu, z)
-        support = f.detach() != 0 if cfg.sparsifier == "relu" else mask  # relu: M = μ > 0 is not f's support
-        x_hat = sparse_decode(f, support, self.W_dec) + self.b_dec
         raw: dict[str, Tensor] = {}
         terms = dict.fromkeys(TERM_KEYS, torch.zeros((), device=x.device))
-        terms["rec"] = self._reconstruction(x, x_hat, f, raw)
         norms = self.dec_norms()
-        self._sparsity_terms(x, site, mu, pi_gate, norms, ctx, terms, raw)
+        out: dict = {}
+        if fused_topk.applies(self, x):
+            # the fused kernel: the selected entries as CSR, no N×F autograd (same code, same loss below)
+            code = fused_topk.encode_selected(self, xt)
+            f = None
+            x_hat = code.decode(self.W_dec) + self.b_dec
+            aux_scores, aux_values = (code.u, True), code.values_at
+            selected = (code.rows, code.vals.detach())
+            out["fired"] = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(
+                0, code.cols, True
+            )
+            out["l0_train"] = torch.tensor(code.cols.numel() / x.shape[0])
+        else:
+            mu, pi_gate = self._mean(xt)
+            ell = ell_pre = None
+            z = mu
+            if cfg.is_variational:
+                ell, ell_pre = self._log_var(xt)
+                z = self._sample(mu, ell, ctx.generator)
+            f, mask = self._train_code(mu, z, pi_gate)
+            site = self._site(mu, z)
+            support = (
+                f.detach() != 0 if cfg.sparsifier == "relu" else mask
+            )  # relu: M = μ > 0 is not f's support
+            x_hat = sparse_decode(f, support, self.W_dec) + self.b_dec
+            self._sparsity_terms(x, site, mu, pi_gate, norms, ctx, terms, raw)
+            if cfg.topk_family:
+                aux_scores, aux_values = scores(site, cfg.topk_mode), lambda crow, cols, rows: z[rows, cols]
+            if cfg.variational:
+                kl = self._kl(mu, ell, mask, norms).mean()
+                raw["kl"] = kl.detach()
+                terms["kl"] = cfg.kl_coeff * ctx.kl_scale * kl
+            with torch.no_grad():
+                f_det, mask_det = self._deterministic_code(mu, pi_gate, f, mask)
+                if cfg.topk_family:
+                    rows, cols = mask_det.nonzero(as_tuple=True)
+                    selected = (rows, scores(mu.detach(), cfg.topk_mode)[0][rows, cols])
+            out["fired"] = (f_det != 0).any(dim=0)
+            out["l0_train"] = (f_det != 0).sum(-1).float().mean()
+            if cfg.is_variational:
+                with torch.no_grad():
+                    out["x_hat_det"] = self.decode(f_det)
+                    out["sigma"] = torch.exp(0.5 * ell.detach()) * norms.detach()
+                    out["mask_det"] = mask_det
+                    bound = (ell_pre <= self.logvar_min) | (ell_pre >= self.logvar_max)
+                    out["frac_logvar_at_bound"] = bound.float().mean()
+                    out["f_sample"] = f.detach()
+        terms["rec"] = self._reconstruction(x, x_hat, f, raw)
+        stats: dict = {}
         if cfg.topk_family:
-            terms["auxk"] = cfg.auxk_coeff * self._auxk(x, x_hat, site, z, ctx.dead, raw)
-        if cfg.variational:
-            kl = self._kl(mu, ell, mask, norms).mean()
-            raw["kl"] = kl.detach()
-            terms["kl"] = cfg.kl_coeff * ctx.kl_scale * kl
-        with torch.no_grad():
-            f_det, mask_det = self._deterministic_code(mu, pi_gate, f, mask)
-        out = {
+            (score, positive), k_aux = aux_scores, cfg.resolved_aux_k
+            aux = topk_terms.auxk(x, x_hat, score, positive, aux_values, self.W_dec, ctx.dead, k_aux, raw)
+            terms["auxk"] = cfg.auxk_coeff * aux
+            stats = topk_terms.threshold_stat(
+                cfg.sparsifier == "batchtopk", selected[1], selected[0], x.shape[0]
+            )
+        if self.p_state is not None:
+            stats["p_pair"] = self.p_state.pair(f.detach(), norms.detach())
+        return {
             "loss": sum(terms.values()),
             "terms": terms,
             "raw": raw,
             "x_hat": x_hat.detach(),
-            "fired": (f_det != 0).any(dim=0),
-            "stats": self._threshold_stat(mu.detach(), mask_det) if cfg.topk_family else {},
-        }
-        out["l0_train"] = (f_det != 0).sum(-1).float().mean()
-        if cfg.is_variational:
-            with torch.no_grad():
-                out["x_hat_det"] = self.decode(f_det)
-                out["sigma"] = torch.exp(0.5 * ell.detach()) * norms.detach()
-                out["mask_det"] = mask_det
-                bound = (ell_pre <= self.logvar_min) | (ell_pre >= self.logvar_max)
-                out["frac_logvar_at_bound"] = bound.float().mean()
-                out["f_sample"] = f.detach()
-        if self.p_state is not None:
-            out["stats"]["p_pair"] = self.p_state.pair(f.detach(), norms.detach())
-        return out
+            "stats": stats,
+        } | out
 
     def _deterministic_code(self, mu: Tensor, pi_gate: Tensor | None, f: Tensor, mask: Tensor):
         """f_det = S(μ) and its mask: at the mean site the mask is the training mask already; under the
@@ -358,24 +379,6 @@ class SAE(nn.Module):
             penalty = (l0 / cfg.l0_target - 1).square() if cfg.l0_mode == "target" else l0
             terms["l0"] = cfg.l1_coeff * s * penalty
 
-    def _auxk(
-        self, x: Tensor, x_hat: Tensor, site: Tensor, z: Tensor, dead: Tensor | None, raw: dict
-    ) -> Tensor:
-        """AuxK: dead latents, ranked at the selection site, reconstruct the detached residual with
-        their sampled values; exactly 0 with none dead."""
-        if dead is None or not bool(dead.any()):
-            raw["auxk"] = torch.zeros((), device=x.device)
-            return torch.zeros((), device=x.device)
-        e = (x - x_hat).detach()
-        score, positive = scores(site, self.cfg.topk_mode)
-        k_aux = min(self.cfg.resolved_aux_k, int(dead.sum()))
-        mask = topk_mask(score, dead.expand_as(score), k_aux, positive)
-        e_hat = (z * mask) @ self.W_dec
-        denom = (e - e.mean(dim=0)).square().sum().clamp_min(1e-12)
-        aux = (e - e_hat).square().sum() / denom
-        raw["auxk"] = aux.detach()
-        return aux
-
     def _kl(self, mu: Tensor, ell: Tensor | None, mask: Tensor, norms: Tensor) -> Tensor:
         """Per-token KL on unit-equivalent μ̃ = n μ, ℓ̃ = ℓ + 2 ln n over the configured scope."""
         cfg = self.cfg
@@ -387,18 +390,6 @@ class SAE(nn.Module):
         if cfg.prior == "permean":
             return priors.kl_permean(mu_t, ell_t, self.prior_mean, cfg.prior_std, scope)
         return priors.kl_iso(mu_t, ell_t, scope)
-
-    def _threshold_stat(self, mu: Tensor, mask: Tensor) -> dict:
-        """The per-step statistic the θ EMA follows; None when undefined."""
-        score, _ = scores(mu, self.cfg.topk_mode)
-        positive = mask & (score > 0)
-        if not bool(positive.any()):
-            return {"theta_stat": None}
-        if self.cfg.sparsifier == "topk":
-            rows = positive.any(dim=-1)
-            row_min = torch.where(mask, score, torch.full_like(score, torch.inf)).min(dim=-1).values
-            return {"theta_stat": row_min[rows].mean()}
-        return {"theta_stat": torch.where(positive, score, torch.full_like(score, torch.inf)).min()}
 
     # ---------------------------------------------------------------- hooks
     @torch.no_grad()

@@ -60,8 +60,10 @@ class _CSRDecode(torch.autograd.Function):
 def csr_decode(
     vals: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor, w_dec: torch.Tensor
 ) -> torch.Tensor:
-    """S W_dec for the CSR code S = (crow, cols, vals) [N, F]; gradients for vals and W_dec only."""
-    return _CSRDecode.apply(vals, crow, cols, rows, w_dec)
+    """S W_dec for the CSR code S = (crow, cols, vals) [N, F]; gradients for vals and W_dec only. Runs in
+    W_dec's precision whatever the autocast state (sparse kernels have no bf16 CPU implementation)."""
+    with torch.autocast(device_type=w_dec.device.type, enabled=False):
+        return _CSRDecode.apply(vals.to(w_dec.dtype), crow, cols, rows, w_dec)
 
 
 def sparse_decode(f: torch.Tensor, mask: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
