@@ -292,7 +292,7 @@ def test_invariant_projected_gradient_is_tangent():
 
 
 def test_invariant_jumprelu_pseudo_derivatives_entry_by_entry():
-    from vsae.archs.jumprelu import jumprelu, step
+    from vsae.archs.sparsifiers.jumprelu_ste import jumprelu, step
 
     h = 0.5
     u = torch.tensor([[0.0, 0.4, 0.6, 1.2]], requires_grad=True)

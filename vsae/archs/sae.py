@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -16,9 +15,9 @@ from torch import Tensor, nn
 
 from vsae.archs import fused_topk, priors, topk_terms
 from vsae.archs.config import SAEConfig, validate
-from vsae.archs.jumprelu import jumprelu, step
-from vsae.archs.select import batch_topk_mask, scores, topk_mask
+from vsae.archs.select import scores
 from vsae.archs.sparse import encode_linear, sparse_decode
+from vsae.archs.sparsifiers import SPARSIFIERS
 from vsae.archs.steps import INIT_STREAM, make_generator, n_steps
 from vsae.errors import VsaeError
 
@@ -89,6 +88,7 @@ class SAE(nn.Module):
         if cfg.prior == "permean":
             self.register_buffer("prior_mean", torch.zeros(f))
         self._fallback_warned = False
+        self.sparsifier = SPARSIFIERS[cfg.sparsifier]  # the selection rule (archs/sparsifiers/)
         self.p_state = _PAnneal(cfg) if cfg.sparsity_penalty == "lp_p" else None
 
     # ---------------------------------------------------------------- declarations
@@ -161,51 +161,14 @@ class SAE(nn.Module):
         return z if self.cfg.selection_site == "sample" else mu
 
     def _active_mask(self, site: Tensor, mu: Tensor, pi_gate: Tensor | None) -> Tensor:
-        """The training rule's active mask M, decided on `site`; relu: μ > 0 whatever the site."""
-        cfg = self.cfg
-        if cfg.sparsifier == "relu":
-            return mu > 0
-        if cfg.sparsifier == "gate":
-            return pi_gate > 0
-        if cfg.sparsifier == "jumprelu":
-            return site > self.threshold
-        score, positive = scores(site, cfg.topk_mode)
-        pick = topk_mask if cfg.sparsifier == "topk" else batch_topk_mask
-        return pick(score, None, cfg.k, positive)
+        """The training rule's active mask M, decided on `site` by the sparsifier."""
+        return self.sparsifier.mask(self, site, mu, pi_gate)
 
     def _train_code(self, mu: Tensor, z: Tensor, pi_gate: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Training code f = M ⊙ z with M decided at the selection site, and M.
-
-        relu keeps the dense code f = z (its ReLU is on μ); jumprelu's gate carries its straight-through estimator."""
-        cfg = self.cfg
+        """Training code f and the mask M decided at the selection site."""
         site = self._site(mu, z)
         mask = self._active_mask(site, mu, pi_gate)
-        if cfg.sparsifier == "relu":
-            return z, mask
-        if cfg.sparsifier == "jumprelu":
-            return jumprelu(z, self.threshold, cfg.bandwidth, site), mask
-        return z * mask, mask
-
-    def _infer_code(self, site: Tensor, values: Tensor, mu: Tensor, pi_gate: Tensor | None) -> Tensor:
-        """Inference rule: the mask is decided on `site`, the returned entries are `values` (μ, or z when
-        sampling); the top-k family uses its learned θ where configured."""
-        cfg = self.cfg
-        if cfg.sparsifier == "jumprelu":
-            return values * (site > self.threshold)
-        if cfg.topk_family:
-            wants_threshold = cfg.sparsifier == "batchtopk" or cfg.inference == "threshold"
-            if wants_threshold and bool((self.threshold >= 0).all()):
-                score, _ = scores(site, cfg.topk_mode)
-                return values * (score > self.threshold)
-            if wants_threshold and cfg.sparsifier == "batchtopk" and not self._fallback_warned:
-                warnings.warn(
-                    "threshold unset: inference falls back to batch top-k over this call's tokens",
-                    stacklevel=2,
-                )
-                self._fallback_warned = True
-        if cfg.sparsifier == "relu":
-            return values
-        return values * self._active_mask(site, mu, pi_gate)
+        return self.sparsifier.train_code(self, z, site, mask), mask
 
     # ---------------------------------------------------------------- inference API
     def encode(self, x: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
@@ -215,7 +178,7 @@ class SAE(nn.Module):
         values = mu
         if sample and self.cfg.is_variational:
             values = self._sample(mu, self._log_var(xt)[0], generator)
-        code = self._infer_code(self._site(mu, values), values, mu, pi_gate)
+        code = self.sparsifier.infer(self, self._site(mu, values), values, mu, pi_gate)
         return code.reshape(*shape[:-1], self.cfg.d_sae)
 
     def posterior(self, x: Tensor) -> Posterior:
@@ -268,11 +231,8 @@ class SAE(nn.Module):
                 z = self._sample(mu, ell, ctx.generator)
             f, mask = self._train_code(mu, z, pi_gate)
             site = self._site(mu, z)
-            support = (
-                f.detach() != 0 if cfg.sparsifier == "relu" else mask
-            )  # relu: M = μ > 0 is not f's support
-            x_hat = sparse_decode(f, support, self.W_dec) + self.b_dec
-            self._sparsity_terms(x, site, mu, pi_gate, norms, ctx, terms, raw)
+            x_hat = sparse_decode(f, self.sparsifier.support(f, mask), self.W_dec) + self.b_dec
+            self.sparsifier.penalty(self, x, site, mu, pi_gate, norms, ctx, terms, raw)
             if cfg.topk_family:
                 aux_scores, aux_values = scores(site, cfg.topk_mode), lambda crow, cols, rows: z[rows, cols]
             if cfg.variational:
@@ -320,7 +280,7 @@ class SAE(nn.Module):
             return f.detach(), mask
         if self.cfg.selection_site == "sample":
             mask = self._active_mask(mu, mu, pi_gate)
-        return (mu if self.cfg.sparsifier == "relu" else mu * mask), mask
+        return self.sparsifier.deterministic(mu, mask), mask
 
     def _reconstruction(self, x: Tensor, x_hat: Tensor, f: Tensor, raw: dict) -> Tensor:
         """Mean over tokens of ‖x − x̂‖²; matryoshka: the weighted sum over prefix reconstructions."""
@@ -350,35 +310,6 @@ class SAE(nn.Module):
         g = len(self.cfg.group_fractions)
         return list(self.cfg.group_weights) or [1.0 / g] * g
 
-    def _sparsity_terms(self, x, site, mu, pi_gate, norms, ctx, terms, raw) -> None:
-        """L1 (relu/gate), Lp (panneal), L0 (jumprelu, counted at the selection site) and the gated
-        auxiliary reconstruction."""
-        cfg = self.cfg
-        s = ctx.sparsity_scale
-        if cfg.sparsifier == "gate":
-            l1 = (norms * torch.relu(pi_gate)).sum(dim=-1).mean()
-            raw["l1"] = raw["l1_gate"] = l1.detach()
-            terms["l1"] = cfg.l1_coeff * s * l1
-            frozen = torch.relu(pi_gate) @ self.W_dec.detach() + self.b_dec.detach()
-            aux = (x - frozen).square().sum(dim=-1).mean()
-            raw["aux_gate"] = aux.detach()
-            terms["aux_gate"] = cfg.aux_coeff * aux
-        elif cfg.sparsifier == "relu" and self.p_state is not None:
-            if self.p_state.total is None:
-                self.p_state.start(ctx.total_steps)
-            lp = self.p_state.penalty(mu, norms, self.p_state.p)
-            raw["lp"] = lp.detach()
-            terms["lp"] = self.p_state.alpha * s * lp
-        elif cfg.sparsifier == "relu":
-            l1 = (norms * mu.abs()).sum(dim=-1).mean()
-            raw["l1"] = l1.detach()
-            terms["l1"] = cfg.l1_coeff * s * l1
-        elif cfg.sparsifier == "jumprelu":
-            l0 = step(site, self.threshold, cfg.bandwidth).sum(dim=-1).mean()
-            raw["l0"] = l0.detach()
-            penalty = (l0 / cfg.l0_target - 1).square() if cfg.l0_mode == "target" else l0
-            terms["l0"] = cfg.l1_coeff * s * penalty
-
     def _kl(self, mu: Tensor, ell: Tensor | None, mask: Tensor, norms: Tensor) -> Tensor:
         """Per-token KL on unit-equivalent μ̃ = n μ, ℓ̃ = ℓ + 2 ln n over the configured scope."""
         cfg = self.cfg
@@ -399,25 +330,10 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def after_step(self, ctx: StepContext, out: dict) -> None:
-        cfg = self.cfg
-        if cfg.sparsifier == "jumprelu":
-            self.threshold.clamp_(min=1e-6)
-        if cfg.topk_family:
-            self._update_threshold(ctx, out["stats"].get("theta_stat"))
-        if self.p_state is not None:
-            self.p_state.after_step(ctx, out["stats"].get("p_pair"))
+        self.sparsifier.after_step(self, ctx, out["stats"])
 
     def threshold_decay(self, total_steps: int) -> float:
         return min(self.cfg.threshold_beta, max(0.0, 1 - 20 / total_steps))
-
-    def _update_threshold(self, ctx: StepContext, stat: Tensor | None) -> None:
-        if stat is None or ctx.step < n_steps(self.cfg.threshold_start_frac, ctx.total_steps):
-            return
-        if bool((self.threshold < 0).any()):
-            self.threshold.fill_(float(stat))
-        else:
-            b = self.threshold_decay(ctx.total_steps)
-            self.threshold.mul_(b).add_((1 - b) * stat)
 
 
 class _PAnneal:
