@@ -44,6 +44,6 @@ def loss_step_time(
 
     def run():
         model.zero_grad(set_to_none=True)
-        model.loss_terms(x, ctx)["loss"].backward()
+        model.loss_terms(x, ctx).loss.backward()
 
     return best_of(run)

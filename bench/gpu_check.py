@@ -49,15 +49,15 @@ def main() -> None:
         )
         ok = same_init
         if not cpu.cfg.is_variational:
-            a["loss"].backward()
-            b["loss"].backward()
-            ok &= torch.allclose(a["loss"], b["loss"].cpu(), rtol=1e-4, atol=1e-5)
+            a.loss.backward()
+            b.loss.backward()
+            ok &= torch.allclose(a.loss, b.loss.cpu(), rtol=1e-4, atol=1e-5)
             for n, p in cpu.named_parameters():
                 g = dict(gpu.named_parameters())[n].grad
                 if p.grad is not None:
                     ok &= torch.allclose(p.grad, g.cpu(), rtol=1e-3, atol=1e-5)
         else:
-            ok &= bool(torch.isfinite(b["loss"]))
+            ok &= bool(torch.isfinite(b.loss))
         failures += not ok
         print(f"{name:15s} {ov!s:28s} init identical={same_init} cpu/gpu agree={ok}")
     w_enc = torch.randn(D, 4096, device=dev, requires_grad=True)

@@ -46,7 +46,7 @@ def main() -> None:
 
     def step():
         opt.zero_grad()
-        model.loss_terms(x, ctx)["loss"].backward()
+        model.loss_terms(x, ctx).loss.backward()
         opt.step()
 
     train_rate = args.batch / best_of(step)

@@ -71,7 +71,7 @@ def _grad_worker(rank: int, init_file: str, x: torch.Tensor, result):
     model = SAE(build_config("standard", 16, 64, {}), seed=0)
     ddp = torch.nn.parallel.DistributedDataParallel(_LossModule(model))
     half = x[rank * 64 : (rank + 1) * 64]
-    ddp(half, StepContext(generator=make_generator(0, 1, rank)))["loss"].backward()
+    ddp(half, StepContext(generator=make_generator(0, 1, rank))).loss.backward()
     if rank == 0:
         result.update({n: p.grad.clone() for n, p in model.named_parameters()})
     dist.destroy_process_group()
@@ -88,6 +88,6 @@ def test_invariant_data_parallel_gradients_equal_single_process(tmp_path):
         mp.spawn(_grad_worker, args=(str(tmp_path / "init"), x, result), nprocs=2, join=True)
         grads = dict(result)
     model = SAE(build_config("standard", 16, 64, {}), seed=0)
-    model.loss_terms(x, StepContext(generator=make_generator(0, 1)))["loss"].backward()
+    model.loss_terms(x, StepContext(generator=make_generator(0, 1))).loss.backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-7)

@@ -34,6 +34,8 @@ def make(name: str, seed: int = 0, **overrides) -> SAE:
 
 
 def ctx(step=0, total=10, dead=None, seed=0, **kw) -> StepContext:
+    """A step context that asks for the logging-step diagnostics too (unless told otherwise)."""
+    kw = {"diagnostics": True} | kw
     return StepContext(
         step=step, total_steps=total, dead=dead, generator=make_generator(seed, EPS_STREAM), **kw
     )
@@ -47,9 +49,9 @@ def x():
 @pytest.mark.parametrize("name,ov", list(variants()))
 def test_invariant_loss_equals_sum_of_the_seven_terms(name, ov, x):
     out = make(name, **ov).loss_terms(x, ctx(dead=torch.ones(F, dtype=torch.bool)))
-    assert set(out["terms"]) == set(TERM_KEYS)
-    assert out["loss"] == sum(out["terms"].values())
-    assert torch.isfinite(out["loss"])
+    assert set(out.terms) == set(TERM_KEYS)
+    assert out.loss == sum(out.terms.values())
+    assert torch.isfinite(out.loss)
 
 
 @pytest.mark.parametrize("scope", ["selected", "all"])
@@ -63,12 +65,12 @@ def test_invariant_vsae_topk_var0_equals_topk_abs_plus_l2(x, scope):
     # the selected set, from a stable descending sort of |μ| (lower index wins ties)
     order = torch.sort(-mu.abs(), dim=-1, stable=True).indices[:, :4]
     weight = torch.zeros_like(mu).scatter_(-1, order, 1.0) if scope == "selected" else torch.ones_like(mu)
-    expected = lb["loss"] + beta * 0.5 * 0.5 * (weight * mu.square()).sum(-1).mean()
-    torch.testing.assert_close(lv["loss"], expected, rtol=1e-5, atol=1e-6)
+    expected = lb.loss + beta * 0.5 * 0.5 * (weight * mu.square()).sum(-1).mean()
+    torch.testing.assert_close(lv.loss, expected, rtol=1e-5, atol=1e-6)
     # with β = 0 the two are the same model: identical gradients for every shared parameter
     zero = make("vsae_topk", var_flag=0, kl_coeff=0.0, kl_scope=scope)
-    base.loss_terms(x, c)["loss"].backward()
-    zero.loss_terms(x, c)["loss"].backward()
+    base.loss_terms(x, c).loss.backward()
+    zero.loss_terms(x, c).loss.backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(zero, name).grad, getattr(base, name).grad)
 
@@ -76,18 +78,16 @@ def test_invariant_vsae_topk_var0_equals_topk_abs_plus_l2(x, scope):
 def test_invariant_vsae_iso_beta0_equals_standard(x):
     a, b = make("standard"), make("vsae_iso", var_flag=0, kl_coeff=0.0)
     la, lb = a.loss_terms(x, ctx()), b.loss_terms(x, ctx())
-    torch.testing.assert_close(la["loss"], lb["loss"])
-    la["loss"].backward()
-    lb["loss"].backward()
+    torch.testing.assert_close(la.loss, lb.loss)
+    la.loss.backward()
+    lb.loss.backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(a, name).grad, getattr(b, name).grad)
 
 
 def test_invariant_vsae_multi_rho0_equals_vsae_iso(x):
     a, b = make("vsae_iso", log_var_init=-2.0), make("vsae_multi", corr_rate=0.0, log_var_init=-2.0)
-    torch.testing.assert_close(
-        a.loss_terms(x, ctx())["loss"], b.loss_terms(x, ctx())["loss"], rtol=1e-5, atol=0
-    )
+    torch.testing.assert_close(a.loss_terms(x, ctx()).loss, b.loss_terms(x, ctx()).loss, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("name", [n for n in ARCHS if n.startswith("vsae")])
@@ -178,8 +178,8 @@ def test_invariant_deterministic_inference(name, ov, x):
 
 def test_invariant_training_samples_unbiasedly(x):
     m = make("vsae_iso", log_var_init=-2.0)
-    l1 = m.loss_terms(x, ctx(seed=1))["loss"]
-    l2 = m.loss_terms(x, ctx(seed=2))["loss"]
+    l1 = m.loss_terms(x, ctx(seed=1)).loss
+    l2 = m.loss_terms(x, ctx(seed=2)).loss
     assert l1 != l2
     xs = x[:2]
     mu = torch.relu((xs - m.b_dec) @ m.W_enc + m.b_enc)
@@ -278,8 +278,7 @@ def test_invariant_selection_ties_follow_the_lower_index():
 
 def test_invariant_threshold_ema_robust_and_decay():
     m = make("topk")
-    out = {"stats": {"theta_stat": None}}
-    m.after_step(ctx(step=5, total=10), out)
+    m.after_step(ctx(step=5, total=10), {"theta_stat": None})
     assert float(m.threshold[0]) == -1.0
     for total, expected in ((10, 0.0), (1000, 0.98), (10**6, 0.999)):
         assert math.isclose(m.threshold_decay(total), expected)
@@ -288,11 +287,11 @@ def test_invariant_threshold_ema_robust_and_decay():
 def test_invariant_auxk_zero_without_dead_and_grads_only_to_dead(x):
     m = make("topk")
     out = m.loss_terms(x, ctx(dead=torch.zeros(F, dtype=torch.bool)))
-    assert float(out["terms"]["auxk"]) == 0.0 and not out["terms"]["auxk"].requires_grad
+    assert float(out.terms["auxk"]) == 0.0 and not out.terms["auxk"].requires_grad
     dead = torch.zeros(F, dtype=torch.bool)
     dead[:10] = True
     out = m.loss_terms(x, ctx(dead=dead))
-    out["terms"]["auxk"].backward()
+    out.terms["auxk"].backward()
     assert m.W_dec.grad[10:].abs().sum() == 0
     assert m.W_enc.grad[:, 10:].abs().sum() == 0
 
@@ -363,14 +362,14 @@ def test_invariant_jumprelu_threshold_gradients_and_projection():
     assert "log_threshold" not in m.state_dict()
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(0))
     out = m.loss_terms(x, ctx())
-    out["terms"]["l0"].backward(retain_graph=True)
+    out.terms["l0"].backward(retain_graph=True)
     assert m.threshold.grad.abs().sum() > 0
     m.threshold.grad = None
-    out["terms"]["rec"].backward()
+    out.terms["rec"].backward()
     assert m.threshold.grad.abs().sum() > 0
     with torch.no_grad():
         m.threshold.fill_(-1.0)
-    m.after_step(ctx(), {"stats": {}})
+    m.after_step(ctx(), {})
     assert (m.threshold == 1e-6).all()
 
 
@@ -418,7 +417,7 @@ def _step(arch: str, dense: bool, dead: torch.Tensor, ties: bool):
     sp.DENSITY_LIMIT = -1.0 if dense else limit
     try:
         out = m.loss_terms(x, ctx(step=5, dead=dead))
-        out["loss"].backward()
+        out.loss.backward()
     finally:
         sp.DENSITY_LIMIT = limit
     return out, {n: p.grad for n, p in m.named_parameters()}
@@ -434,15 +433,15 @@ def test_invariant_fused_topk_step_equals_the_dense_step(arch, with_dead, ties):
     m = SAE(build_config(arch, D, 1024, {"k": 7}), seed=0)
     assert fused_topk.applies(m, torch.zeros(2, D))
     (dense, g_dense), (fused, g_fused) = _step(arch, True, dead, ties), _step(arch, False, dead, ties)
-    torch.testing.assert_close(fused["loss"], dense["loss"], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(fused.loss, dense.loss, rtol=1e-6, atol=1e-5)
     for key in ("rec", "auxk"):
-        torch.testing.assert_close(fused["terms"][key], dense["terms"][key], rtol=1e-6, atol=1e-5)
-    assert (float(fused["terms"]["auxk"].detach()) > 0) == with_dead
+        torch.testing.assert_close(fused.terms[key], dense.terms[key], rtol=1e-6, atol=1e-5)
+    assert (float(fused.terms["auxk"].detach()) > 0) == with_dead
     for name, grad in g_dense.items():
         torch.testing.assert_close(g_fused[name], grad, rtol=1e-5, atol=1e-5)
-    assert torch.equal(fused["fired"], dense["fired"])
-    torch.testing.assert_close(fused["stats"]["theta_stat"], dense["stats"]["theta_stat"])
-    assert float(fused["l0_train"]) == float(dense["l0_train"])
+    assert torch.equal(fused.fired, dense.fired)
+    torch.testing.assert_close(fused.stats["theta_stat"], dense.stats["theta_stat"])
+    assert float(fused.l0_train) == float(dense.l0_train)
 
 
 def test_invariant_batch_topk_candidate_search_is_exact():
@@ -502,4 +501,13 @@ def test_invariant_threshold_statistic_from_a_brute_force_selection(arch, dense)
     else:
         top = u.reshape(-1).sort(descending=True).values[: 7 * 48]
         expected = top[top > 0].min()
-    torch.testing.assert_close(out["stats"]["theta_stat"], expected)
+    torch.testing.assert_close(out.stats["theta_stat"], expected)
+
+
+def test_step_output_computes_diagnostics_only_on_logging_steps(x):
+    """σ, x̂(f_det) and the sampled code cost an extra decode: only logging steps (ctx.diagnostics) pay it."""
+    m = make("vsae_topk")
+    assert m.loss_terms(x, ctx(diagnostics=False)).diagnostics is None
+    out = m.loss_terms(x, ctx())
+    assert out.diagnostics.sigma.shape == (x.shape[0], F) and out.diagnostics.x_hat_det.shape == x.shape
+    assert make("topk").loss_terms(x, ctx()).diagnostics is None  # nothing variational to report

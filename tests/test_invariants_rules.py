@@ -24,7 +24,9 @@ def make(name, seed=0, **ov):
 
 
 def ctx(step=0, total=10, seed=0, **kw):
-    return StepContext(step=step, total_steps=total, generator=make_generator(seed, 1), **kw)
+    return StepContext(
+        step=step, total_steps=total, generator=make_generator(seed, 1), **({"diagnostics": True} | kw)
+    )
 
 
 def x_batch(n=64, seed=1):
@@ -57,7 +59,7 @@ def test_invariant_free_policy_penalties_invariant_under_rescaling(name, ov):
     x = x_batch()
     a, b = m.loss_terms(x, ctx(seed=4)), r.loss_terms(x, ctx(seed=4))
     for key in ("rec", "l1", "lp", "l0", "aux_gate", "kl"):
-        torch.testing.assert_close(a["terms"][key], b["terms"][key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(a.terms[key], b.terms[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_invariant_folding_keeps_permean_prior_and_sampled_codes():
@@ -70,8 +72,8 @@ def test_invariant_folding_keeps_permean_prior_and_sampled_codes():
     folded = fold_to_unit(m)
     assert torch.equal(folded.prior_mean, m.prior_mean)
     x = x_batch()
-    kl_a = m.loss_terms(x, ctx(seed=2))["raw"]["kl"]
-    kl_b = folded.loss_terms(x, ctx(seed=2))["raw"]["kl"]
+    kl_a = m.loss_terms(x, ctx(seed=2)).raw["kl"]
+    kl_b = folded.loss_terms(x, ctx(seed=2)).raw["kl"]
     torch.testing.assert_close(kl_a, kl_b, rtol=1e-4, atol=1e-5)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     n = m.W_dec.norm(dim=1)
@@ -95,11 +97,11 @@ def test_invariant_matryoshka_loss_is_weighted_sum_and_single_group_is_batchtopk
     x = x_batch()
     out = m.loss_terms(x, ctx(dead=torch.zeros(F, dtype=torch.bool)))
     g = len(m.cfg.group_fractions)
-    expected = sum(out["raw"][f"rec_g{i}"] / g for i in range(g)) + out["terms"]["auxk"]
-    torch.testing.assert_close(out["loss"], expected)
+    expected = sum(out.raw[f"rec_g{i}"] / g for i in range(g)) + out.terms["auxk"]
+    torch.testing.assert_close(out.loss, expected)
     single = make("matryoshka", group_fractions=[1.0])
     base = make("batchtopk")
-    torch.testing.assert_close(single.loss_terms(x, ctx())["loss"], base.loss_terms(x, ctx())["loss"])
+    torch.testing.assert_close(single.loss_terms(x, ctx()).loss, base.loss_terms(x, ctx()).loss)
 
 
 def test_invariant_p_annealing_switch_steps_and_queue():
@@ -114,7 +116,7 @@ def test_invariant_p_annealing_switch_steps_and_queue():
     ts = _PAnneal(m.cfg).schedule(total)[0]
     for t in range(total):
         out = m.loss_terms(x, ctx(step=t, total=total))
-        m.after_step(ctx(step=t, total=total), out)
+        m.after_step(ctx(step=t, total=total), out.stats)
         if t + 1 in ts:
             assert m.p_state.queue == []  # emptied right after each switch
     assert m.p_state.p == pytest.approx(m.cfg.p_end)
@@ -142,11 +144,11 @@ def test_invariant_vsae_iso_decoded_noise_power_matches_prediction():
 def test_invariant_logvar_bound_monitor_and_warning(tmp_path, caplog):
     m = make("vsae_topk")
     out = m.loss_terms(x_batch(), ctx())
-    assert float(out["frac_logvar_at_bound"]) == 0.0
+    assert float(out.diagnostics.frac_logvar_at_bound) == 0.0
     with torch.no_grad():
         m.b_enc_logvar.fill_(-25.0)
     out = m.loss_terms(x_batch(), ctx())
-    assert float(out["frac_logvar_at_bound"]) > 0.01
+    assert float(out.diagnostics.frac_logvar_at_bound) > 0.01
     from vsae.train.loop import SAERun  # the trainer turns it into a logged warning
 
     run = SAERun.__new__(SAERun)
@@ -233,8 +235,8 @@ def test_invariant_base_equalities_var0(name, base, scope_fn):
         v = make(name, var_flag=0, kl_coeff=beta, kl_scope=scope)
         mu = v._mean(v._centre(x))[0].detach()
         weight = scope_fn(v, x) if scope == "selected" else torch.ones_like(mu)
-        expected = b.loss_terms(x, c)["loss"] + beta * 0.5 * 0.5 * (weight * mu.square()).sum(-1).mean()
-        torch.testing.assert_close(v.loss_terms(x, c)["loss"], expected, rtol=1e-5, atol=1e-6)
+        expected = b.loss_terms(x, c).loss + beta * 0.5 * 0.5 * (weight * mu.square()).sum(-1).mean()
+        torch.testing.assert_close(v.loss_terms(x, c).loss, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_invariant_vsae_topk_selected_scope_charges_selected_only():
@@ -244,13 +246,13 @@ def test_invariant_vsae_topk_selected_scope_charges_selected_only():
     out = v.loss_terms(x, ctx())
     mu = v._mean(v._centre(x))[0]
     _, mask = v._train_code(mu, mu, None)
-    torch.testing.assert_close(out["raw"]["kl"], 0.5 * (mask * mu.square()).sum(-1).mean())
+    torch.testing.assert_close(out.raw["kl"], 0.5 * (mask * mu.square()).sum(-1).mean())
 
 
 def test_invariant_gated_l1_bookkeeping_and_finite_metrics():
     out = make("gated").loss_terms(x_batch(), ctx())
-    assert torch.equal(out["raw"]["l1"], out["raw"]["l1_gate"])
-    assert all(torch.isfinite(v) for v in out["raw"].values())
+    assert torch.equal(out.raw["l1"], out.raw["l1_gate"])
+    assert all(torch.isfinite(v) for v in out.raw.values())
 
 
 def test_invariant_auxk_residual_detached_and_no_b_dec():
@@ -283,7 +285,7 @@ def test_invariant_projected_gradient_is_tangent():
     from vsae.train.loop import _project_radial
 
     m = make("standard")
-    m.loss_terms(x_batch(), ctx())["loss"].backward()
+    m.loss_terms(x_batch(), ctx()).loss.backward()
     with torch.no_grad():
         m.W_dec.grad[3] = 0
     _project_radial(m.W_dec)
@@ -317,8 +319,8 @@ def test_invariant_bf16_autocast_keeps_selection_scores_fp32(name):
         out = m.loss_terms(x, ctx(dead=torch.ones(F, dtype=torch.bool)))
     if m.cfg.topk_family:
         assert mu.dtype == torch.float32
-    assert torch.isfinite(out["loss"])
-    out["loss"].backward()
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in m.parameters())
 
 

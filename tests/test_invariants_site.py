@@ -35,7 +35,9 @@ def x_batch(n=32, seed=1):
 
 
 def ctx(seed=0, **kw) -> StepContext:
-    return StepContext(step=0, total_steps=10, generator=make_generator(seed, EPS_STREAM), **kw)
+    return StepContext(
+        step=0, total_steps=10, generator=make_generator(seed, EPS_STREAM), **({"diagnostics": True} | kw)
+    )
 
 
 def stable_top(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -108,13 +110,13 @@ def test_invariant_vsae_loss_terms_equal_the_formulas(name, site):
     dead = torch.arange(F) % 3 == 0
     out = m.loss_terms(x, ctx(seed=7, kl_scale=0.5, sparsity_scale=0.25, dead=dead))
     ref = reference(m, x, eps_of(7, x.shape[0]), site, dead)
-    torch.testing.assert_close(out["x_hat"], ref["x_hat"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out["raw"]["rec"], ref["rec"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["raw"]["kl"], ref["kl"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["terms"]["kl"], m.cfg.kl_coeff * 0.5 * ref["kl"], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(out.x_hat, ref["x_hat"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.raw["rec"], ref["rec"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.raw["kl"], ref["kl"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.terms["kl"], m.cfg.kl_coeff * 0.5 * ref["kl"], rtol=1e-5, atol=1e-9)
     for key in ("l0", "l1", "aux_gate", "auxk"):
         if key in ref:
-            torch.testing.assert_close(out["raw"][key], ref[key], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out.raw[key], ref[key], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", SPARSE_VSAES)
@@ -126,11 +128,13 @@ def test_invariant_mean_site_support_and_noise_power(name):
     xs = x.repeat(draws, 1)  # every row of the repeated batch draws its own ε
     out = m.loss_terms(xs, ctx(seed=3))
     ref = reference(m, xs, eps_of(3, xs.shape[0]))
-    support = out["f_sample"] != 0
+    support = out.diagnostics.f_sample != 0
     assert torch.equal(support, ref["mask"])
-    assert torch.equal(out["mask_det"], ref["mask"])
-    noise = (out["x_hat"] - out["x_hat_det"]).square().sum(-1).reshape(draws, -1)
-    predicted = (ref["mask"] * ref["sigma"].square()).sum(-1).reshape(draws, -1)[0]  # unit decoder: n = 1
+    assert torch.equal(out.diagnostics.mask_det, ref["mask"])
+    noise = (out.x_hat - out.diagnostics.x_hat_det).square().sum(-1).reshape(draws, -1)
+    predicted = (
+        (ref["mask"] * ref["sigma"].square()).sum(-1).reshape(draws, -1)[0]
+    )  # unit decoder: n = 1
     se = noise.std(0) / math.sqrt(draws)
     assert ((noise.mean(0) - predicted).abs() <= 4 * se).all(), (noise.mean(0), predicted)
     assert float(predicted.min()) > 0
@@ -141,7 +145,7 @@ def test_invariant_sample_site_is_a_real_option(name):
     """Under selection_site = sample the sampled support differs from f_det's on some token."""
     m = make(name, log_var_init=-1.0, selection_site="sample")
     out = m.loss_terms(x_batch(), ctx(seed=3))
-    assert not torch.equal(out["f_sample"] != 0, out["mask_det"])
+    assert not torch.equal(out.diagnostics.f_sample != 0, out.diagnostics.mask_det)
 
 
 @pytest.mark.parametrize("site", ["mean", "sample"])
@@ -151,7 +155,7 @@ def test_invariant_relu_selected_scope_is_mu_positive(site):
     x = x_batch()
     out = m.loss_terms(x, ctx(seed=2))
     ref = reference(m, x, eps_of(2, x.shape[0]), site)
-    torch.testing.assert_close(out["raw"]["kl"], ref["kl"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.raw["kl"], ref["kl"], rtol=1e-5, atol=1e-6)
     assert 0 < float(ref["mask"].float().mean()) < 0.9
 
 
@@ -172,8 +176,8 @@ def test_invariant_training_samples_through_the_model():
     x = x_batch(2)
     draws = 20000
     out = m.loss_terms(x.repeat(draws, 1), ctx(seed=5))
-    assert out["loss"] != m.loss_terms(x, ctx(seed=6))["loss"]
-    xh = out["x_hat"].reshape(draws, 2, D)
+    assert out.loss != m.loss_terms(x, ctx(seed=6)).loss
+    xh = out.x_hat.reshape(draws, 2, D)
     ref = reference(m, x, torch.zeros(2, F))
     mean_xhat = ref["x_hat"]  # x̂(μ): ε = 0
     se = xh.std(0) / math.sqrt(draws)
@@ -202,11 +206,11 @@ def test_invariant_jumprelu_threshold_gradient_entry_by_entry(name):
     l0 = (u > theta).float().sum(-1).mean()
     dp = 2 * (l0 / 8.0 - 1) / 8.0
     expected_l0 = m.cfg.l1_coeff * dp * (-(1 / h) * band).sum(0) / n
-    out["terms"]["l0"].backward(retain_graph=True)
+    out.terms["l0"].backward(retain_graph=True)
     torch.testing.assert_close(m.threshold.grad, expected_l0, rtol=1e-4, atol=1e-6)
     # reconstruction term: Σ_n ∂rec/∂f_nj · −(height/h) rect, height θ + (z − μ)
     m.threshold.grad = None
-    out["terms"]["rec"].backward()
+    out.terms["rec"].backward()
     noise = torch.zeros_like(u)
     if name == "vsae_jumprelu":
         ell = torch.clamp(x @ w["W_enc_logvar"] + w["b_enc_logvar"], -20, 2)
@@ -224,10 +228,10 @@ def test_invariant_batchtopk_trains_on_3d_input():
     x3 = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(0))
     out3 = m.loss_terms(x3, ctx())
     out2 = m.loss_terms(x3.reshape(-1, D), ctx())
-    torch.testing.assert_close(out3["loss"], out2["loss"])
+    torch.testing.assert_close(out3.loss, out2.loss)
     u = (x3.reshape(-1, D) - m.b_dec) @ m.W_enc + m.b_enc
     expected = min(K * 15, int((u > 0).sum()))
-    assert float(out3["l0_train"]) * 15 == pytest.approx(expected)
+    assert float(out3.l0_train) * 15 == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("bad", [{"selection_site": "noise"}, {"prior": "equicorr", "kl_scope": "selected"}])
@@ -255,9 +259,9 @@ def test_invariant_matryoshka_prefix_losses_from_the_weights():
     for i, end in enumerate(ends):
         partial = w["b_dec"] + f[:, :end] @ w["W_dec"][:end]
         rec = (x - partial).square().sum(-1).mean()
-        torch.testing.assert_close(out["raw"][f"rec_g{i}"], rec, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.raw[f"rec_g{i}"], rec, rtol=1e-5, atol=1e-6)
         total = total + rec / 5
-    torch.testing.assert_close(out["loss"], total, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, total, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -301,12 +305,12 @@ def test_invariant_threshold_ema_follows_the_formula():
     expected = None
     for t, stat in enumerate(stats, start=200):  # past threshold_start_frac · T = 100
         value = None if stat is None else torch.tensor(stat)
-        m.after_step(StepContext(step=t, total_steps=total), {"stats": {"theta_stat": value}})
+        m.after_step(StepContext(step=t, total_steps=total), {"theta_stat": value})
         if stat is not None:
             expected = stat if expected is None else b * expected + (1 - b) * stat
         assert torch.allclose(m.threshold, torch.full((F,), expected), rtol=1e-6)
     early = make("topk")
-    early.after_step(StepContext(step=50, total_steps=total), {"stats": {"theta_stat": torch.tensor(0.5)}})
+    early.after_step(StepContext(step=50, total_steps=total), {"theta_stat": torch.tensor(0.5)})
     assert float(early.threshold[0]) == -1.0  # before the start fraction nothing is learned
 
 

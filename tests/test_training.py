@@ -119,7 +119,7 @@ def _resample_setup(seed=0):
     model = SAE(build_config("standard", 16, 64, {}), seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(128, 16, generator=torch.Generator().manual_seed(0))
-    model.loss_terms(x, StepContext(generator=make_generator(0, 1)))["loss"].backward()
+    model.loss_terms(x, StepContext(generator=make_generator(0, 1))).loss.backward()
     opt.step()
     tau = torch.zeros(64, dtype=torch.int64)
     tau[[3, 10, 40]] = 1000

@@ -40,6 +40,44 @@ class StepContext:
 
 
 @dataclass
+class Diagnostics:
+    """Posterior quantities of a variational step, computed only on logging steps (ctx.diagnostics)."""
+
+    x_hat_det: Tensor
+    """Reconstruction from the deterministic code f_det."""
+    sigma: Tensor
+    """Posterior σ̃ = exp(ℓ/2) · n [N, F]."""
+    mask_det: Tensor
+    """Active mask of f_det."""
+    frac_logvar_at_bound: Tensor
+    """Fraction of pre-clamp log-variances at a clamp bound."""
+    f_sample: Tensor
+    """The sampled training code f."""
+
+
+@dataclass
+class StepOutput:
+    """What one `loss_terms` call hands the trainer."""
+
+    loss: Tensor
+    """The scalar to differentiate: the sum of `terms`."""
+    terms: dict[str, Tensor]
+    """Weighted loss terms (every key of TERM_KEYS)."""
+    raw: dict[str, Tensor]
+    """Unweighted, detached terms (logged)."""
+    x_hat: Tensor
+    """Detached reconstruction of the training code."""
+    fired: Tensor
+    """[F] latents non-zero in the deterministic code on this batch."""
+    l0_train: Tensor
+    """Mean non-zeros per token of the deterministic code."""
+    stats: dict = field(default_factory=dict)
+    """Statistics `after_step` consumes (θ statistic, panneal's penalty pair), averaged across ranks."""
+    diagnostics: Diagnostics | None = None
+    """Variational models on logging steps only."""
+
+
+@dataclass
 class Posterior:
     """Per-token posterior quantities of a training-space model on flattened tokens (read by evaluation)."""
 
@@ -201,7 +239,7 @@ class SAE(nn.Module):
         return self.decode(self.encode(x, sample=sample, generator=generator))
 
     # ---------------------------------------------------------------- training
-    def loss_terms(self, x: Tensor, ctx: StepContext) -> dict:
+    def loss_terms(self, x: Tensor, ctx: StepContext) -> StepOutput:
         if self.space != "normalized":
             raise VsaeError("loss_terms needs a training-space model: load it with space='normalized'")
         cfg = self.cfg
@@ -210,7 +248,7 @@ class SAE(nn.Module):
         raw: dict[str, Tensor] = {}
         terms = dict.fromkeys(TERM_KEYS, torch.zeros((), device=x.device))
         norms = self.dec_norms()
-        out: dict = {}
+        diagnostics = None
         if fused_topk.applies(self, x):
             # the fused kernel: the selected entries as CSR, no N×F autograd (same code, same loss below)
             code = fused_topk.encode_selected(self, xt)
@@ -218,10 +256,8 @@ class SAE(nn.Module):
             x_hat = code.decode(self.W_dec) + self.b_dec
             aux_scores, aux_values = (code.u, True), code.values_at
             selected = (code.rows, code.vals.detach())
-            out["fired"] = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(
-                0, code.cols, True
-            )
-            out["l0_train"] = torch.tensor(code.cols.numel() / x.shape[0])
+            fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
+            l0_train = torch.tensor(code.cols.numel() / x.shape[0])
         else:
             mu, pi_gate = self._mean(xt)
             ell = ell_pre = None
@@ -244,16 +280,18 @@ class SAE(nn.Module):
                 if cfg.topk_family:
                     rows, cols = mask_det.nonzero(as_tuple=True)
                     selected = (rows, scores(mu.detach(), cfg.topk_mode)[0][rows, cols])
-            out["fired"] = (f_det != 0).any(dim=0)
-            out["l0_train"] = (f_det != 0).sum(-1).float().mean()
-            if cfg.is_variational:
+            fired = (f_det != 0).any(dim=0)
+            l0_train = (f_det != 0).sum(-1).float().mean()
+            if cfg.is_variational and ctx.diagnostics:
                 with torch.no_grad():
-                    out["x_hat_det"] = self.decode(f_det)
-                    out["sigma"] = torch.exp(0.5 * ell.detach()) * norms.detach()
-                    out["mask_det"] = mask_det
                     bound = (ell_pre <= self.logvar_min) | (ell_pre >= self.logvar_max)
-                    out["frac_logvar_at_bound"] = bound.float().mean()
-                    out["f_sample"] = f.detach()
+                    diagnostics = Diagnostics(
+                        x_hat_det=self.decode(f_det),
+                        sigma=torch.exp(0.5 * ell.detach()) * norms.detach(),
+                        mask_det=mask_det,
+                        frac_logvar_at_bound=bound.float().mean(),
+                        f_sample=f.detach(),
+                    )
         terms["rec"] = self._reconstruction(x, x_hat, f, raw)
         stats: dict = {}
         if cfg.topk_family:
@@ -265,13 +303,16 @@ class SAE(nn.Module):
             )
         if self.p_state is not None:
             stats["p_pair"] = self.p_state.pair(f.detach(), norms.detach())
-        return {
-            "loss": sum(terms.values()),
-            "terms": terms,
-            "raw": raw,
-            "x_hat": x_hat.detach(),
-            "stats": stats,
-        } | out
+        return StepOutput(
+            loss=sum(terms.values()),
+            terms=terms,
+            raw=raw,
+            x_hat=x_hat.detach(),
+            fired=fired,
+            l0_train=l0_train,
+            stats=stats,
+            diagnostics=diagnostics,
+        )
 
     def _deterministic_code(self, mu: Tensor, pi_gate: Tensor | None, f: Tensor, mask: Tensor):
         """f_det = S(μ) and its mask: at the mean site the mask is the training mask already; under the
@@ -329,8 +370,9 @@ class SAE(nn.Module):
             self.b_dec.copy_(geometric_median(x.reshape(-1, self.cfg.d_in)[:65536]))
 
     @torch.no_grad()
-    def after_step(self, ctx: StepContext, out: dict) -> None:
-        self.sparsifier.after_step(self, ctx, out["stats"])
+    def after_step(self, ctx: StepContext, stats: dict) -> None:
+        """Updates after the optimiser step from the step's (rank-averaged) `StepOutput.stats`."""
+        self.sparsifier.after_step(self, ctx, stats)
 
     def threshold_decay(self, total_steps: int) -> float:
         return min(self.cfg.threshold_beta, max(0.0, 1 - 20 / total_steps))

@@ -151,10 +151,10 @@ class SAERun:
             self.device.type, dtype=torch.bfloat16, enabled=self.tcfg.compute_dtype == "bfloat16"
         ):
             out = self.loss_module(x, ctx)
-        if not self.world.all_true(bool(torch.isfinite(out["loss"])), self.device):
-            raise NonFiniteLoss(t, {k: v for k, v in out["raw"].items()})
+        if not self.world.all_true(bool(torch.isfinite(out.loss)), self.device):
+            raise NonFiniteLoss(t, {k: v for k, v in out.raw.items()})
         self.opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        out.loss.backward()
         unit = self.cfg.decoder_norm == "unit"
         if unit:
             _project_radial(model.W_dec)
@@ -167,14 +167,14 @@ class SAERun:
         if unit:
             with torch.no_grad():
                 model.W_dec.div_(model.W_dec.norm(dim=1, keepdim=True))
-        fired = self.world.any(out["fired"])  # rules 4-5: global firing, global token counts, mean statistics
+        fired = self.world.any(out.fired)  # rules 4-5: global firing, global token counts, mean statistics
         self.tau = torch.where(fired, torch.zeros_like(self.tau), self.tau + self.n_global)
-        stats = out["stats"]
+        stats = out.stats
         if "theta_stat" in stats:
             stats["theta_stat"] = self.world.mean_defined(stats["theta_stat"], self.device)
         if "p_pair" in stats:
             stats["p_pair"] = self.world.mean_pair(stats["p_pair"], self.device)
-        model.after_step(ctx, out)
+        model.after_step(ctx, stats)
         if model.supports_resampling and t + 1 in self.resample_steps:
             self._resample()
         self.step_done, self.tokens_seen = t + 1, self.tokens_seen + self.n_global
@@ -192,16 +192,17 @@ class SAERun:
     def _metrics(self, x, out, ctx, grad_norm) -> dict:
         """Training-rule metrics of this batch (docs/architectures.md): f_det and x̂(f_det)."""
         model = self.model
-        x_det = out.get("x_hat_det", out["x_hat"])
+        diag = out.diagnostics
+        x_det = diag.x_hat_det if diag is not None else out.x_hat
         m = {
             "step": ctx.step,
             "tokens": self.tokens_seen,
-            "loss": float(out["loss"].detach()),
-            **{f"terms/{k}": float(v.detach()) for k, v in out["terms"].items()},
-            **{f"raw/{k}": float(v) for k, v in out["raw"].items()},
+            "loss": float(out.loss.detach()),
+            **{f"terms/{k}": float(v.detach()) for k, v in out.terms.items()},
+            **{f"raw/{k}": float(v) for k, v in out.raw.items()},
             "mse": float((x - x_det).square().sum(-1).mean()),
             "fve": fve(x, x_det),
-            "l0_train_rule": float(out["l0_train"]),
+            "l0_train_rule": float(out.l0_train),
             "frac_dead": float((self.tau >= self.t_dead).float().mean()),
             "lr": self.lr * self.schedule.lr(ctx.step),
             "s": ctx.sparsity_scale,
@@ -212,16 +213,14 @@ class SAERun:
             m["n_resampled"] = self.n_resampled
         with torch.no_grad():
             m["l0"] = float((model.encode(x) != 0).sum(-1).float().mean())
-        if "sigma" in out:
+        if diag is not None:
             m["fve_mean"] = m["fve"]
-            m["fve_sample"] = fve(x, out["x_hat"])
-            m["l0_sample"] = float((out["f_sample"] != 0).sum(-1).float().mean())
-            m["sigma_mean"] = float(out["sigma"].mean())
-            active = out["mask_det"]
-            m["sigma_mean_active"] = (
-                float(out["sigma"][active].mean()) if bool(active.any()) else float("nan")
-            )
-            m["frac_logvar_at_bound"] = float(out["frac_logvar_at_bound"])
+            m["fve_sample"] = fve(x, out.x_hat)
+            m["l0_sample"] = float((diag.f_sample != 0).sum(-1).float().mean())
+            m["sigma_mean"] = float(diag.sigma.mean())
+            active = diag.mask_det
+            m["sigma_mean_active"] = float(diag.sigma[active].mean()) if bool(active.any()) else float("nan")
+            m["frac_logvar_at_bound"] = float(diag.frac_logvar_at_bound)
             if m["frac_logvar_at_bound"] > 0.01:
                 log.warning(
                     "%s: %.1f%% of log-variances sit at a clamp bound",
