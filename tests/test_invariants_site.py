@@ -132,9 +132,7 @@ def test_invariant_mean_site_support_and_noise_power(name):
     assert torch.equal(support, ref["mask"])
     assert torch.equal(out.diagnostics.mask_det, ref["mask"])
     noise = (out.x_hat - out.diagnostics.x_hat_det).square().sum(-1).reshape(draws, -1)
-    predicted = (
-        (ref["mask"] * ref["sigma"].square()).sum(-1).reshape(draws, -1)[0]
-    )  # unit decoder: n = 1
+    predicted = (ref["mask"] * ref["sigma"].square()).sum(-1).reshape(draws, -1)[0]  # unit decoder: n = 1
     se = noise.std(0) / math.sqrt(draws)
     assert ((noise.mean(0) - predicted).abs() <= 4 * se).all(), (noise.mean(0), predicted)
     assert float(predicted.min()) > 0

@@ -374,6 +374,18 @@ class SAE(nn.Module):
         """Updates after the optimiser step from the step's (rank-averaged) `StepOutput.stats`."""
         self.sparsifier.after_step(self, ctx, stats)
 
+    def training_state(self) -> dict:
+        """Non-tensor state a resumed run needs beside the parameters (panneal's p-annealing)."""
+        return {"p_state": self.p_state.state_dict() if self.p_state else None}
+
+    def load_training_state(self, state: dict) -> None:
+        if self.p_state is not None and state.get("p_state") is not None:
+            self.p_state.load_state_dict(state["p_state"])
+
+    def state_summary(self) -> dict:
+        """Scalars of that state worth recording in cfg.json (panneal: the active p and α)."""
+        return {"p": self.p_state.p, "alpha": self.p_state.alpha} if self.p_state else {}
+
     def threshold_decay(self, total_steps: int) -> float:
         return min(self.cfg.threshold_beta, max(0.0, 1 - 20 / total_steps))
 

@@ -266,8 +266,7 @@ class SAERun:
         }
         training.pop("extra", None)
         state = {"step": self.step_done, "tokens_seen": self.tokens_seen}
-        if self.model.p_state is not None:
-            state |= {"p": self.model.p_state.p, "alpha": self.model.p_state.alpha}
+        state |= self.model.state_summary()
         meta = {"training": training, "provenance": provenance | {"seed": self.tcfg.seed}, "state": state}
         if self.tcfg.normalization == "none":
             meta["norm_factor_definition"] = "1 (normalization=none: trained on raw activations)"
@@ -285,7 +284,7 @@ class SAERun:
             "tau": self.tau.clone(),
             "eps_generator": self.eps_gen.get_state(),
             "data_generator": self.data_gen.get_state(),
-            "p_state": self.model.p_state.state_dict() if self.model.p_state else None,
+            **self.model.training_state(),
             "reader": reader_state,
             "total_steps": self.total,
             "torch_rng": torch.get_rng_state(),
@@ -323,8 +322,7 @@ class SAERun:
         self.tau = state["tau"].to(self.device)
         self.eps_gen.set_state(state["eps_generator"])
         self.data_gen.set_state(state["data_generator"])
-        if state["p_state"] is not None:
-            self.model.p_state.load_state_dict(state["p_state"])
+        self.model.load_training_state(state)
 
 
 def _initial_model(spec: SAESpec, table: Table, c: float) -> SAE | None:
