@@ -48,7 +48,7 @@ def main() -> None:
             x.to(dev), StepContext(dead=dead.to(dev), generator=make_generator(0, 1, device=dev))
         )
         ok = same_init
-        if not cpu.cfg.is_variational:
+        if not cpu.cfg.samples:
             a.loss.backward()
             b.loss.backward()
             ok &= torch.allclose(a.loss, b.loss.cpu(), rtol=1e-4, atol=1e-5)

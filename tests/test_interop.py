@@ -325,7 +325,7 @@ def test_invariant_import_matryoshka_and_vsae_jumprelu(tmp_path):
     _write_reference(tmp_path / "vj", "VSAEJumpReLU", jsd)
     import_dictionary_learning(tmp_path / "vj", tmp_path / "vj_out", norm_factor=2.0)
     model = load_sae(tmp_path / "vj_out")
-    assert model.cfg.architecture == "vsae_jumprelu" and model.cfg.is_variational
+    assert model.cfg.architecture == "vsae_jumprelu" and model.cfg.samples
     u = x @ jsd["W_enc"] + jsd["b_enc"]
     torch.testing.assert_close(
         model(x), (u * (u > jsd["threshold"])) @ jsd["W_dec"] + jsd["b_dec"], rtol=1e-4, atol=1e-4

@@ -365,3 +365,25 @@ def test_bf16_training_through_the_cli(tmp_path):
 
     cfg = json.loads((tmp_path / "o" / "topk_64_k4_s0" / "cfg.json").read_text())
     assert cfg["training"]["compute_dtype"] == "bfloat16"
+
+
+def test_cfg_and_resume_recipes_of_earlier_versions_load_with_todays_names():
+    """`variational` became `vsae_family`, `is_variational` became `samples`, and JumpReLU's L0 coefficient
+    (once `l1_coeff`) is `l0_coeff`: old cfg.json files and resume recipes still load, meaning the same."""
+    from vsae.archs.config import SAEConfig
+    from vsae.errors import VsaeError
+    from vsae.train.loop import _upgrade_recipe
+
+    now = build_config("vsae_jumprelu", 8, 32, {"l0_coeff": 1.5})
+    old = {("variational" if k == "vsae_family" else k): v for k, v in now.to_dict().items()}
+    old = {k: v for k, v in old.items() if k not in ("samples", "l0_coeff")} | {
+        "is_variational": True,
+        "l1_coeff": 1.5,
+    }
+    assert SAEConfig.from_dict(old) == now and now.samples
+    recipe = {f"model.{k}": v for k, v in old.items()} | {"lr": 1e-3}
+    assert _upgrade_recipe(recipe) == {
+        f"model.{k}": v for k, v in now.to_dict().items() if k != "samples"
+    } | {"lr": 1e-3}
+    with pytest.raises(VsaeError, match="l0_coeff"):
+        build_config("jumprelu", 8, 32, {"l1_coeff": 0.5})

@@ -203,7 +203,7 @@ def test_invariant_jumprelu_threshold_gradient_entry_by_entry(name):
     # L0 term: λ s dP/dL̄0 · (1/N) Σ_n −(1/h) rect
     l0 = (u > theta).float().sum(-1).mean()
     dp = 2 * (l0 / 8.0 - 1) / 8.0
-    expected_l0 = m.cfg.l1_coeff * dp * (-(1 / h) * band).sum(0) / n
+    expected_l0 = m.cfg.l0_coeff * dp * (-(1 / h) * band).sum(0) / n
     out.terms["l0"].backward(retain_graph=True)
     torch.testing.assert_close(m.threshold.grad, expected_l0, rtol=1e-4, atol=1e-6)
     # reconstruction term: Σ_n ∂rec/∂f_nj · −(height/h) rect, height θ + (z − μ)

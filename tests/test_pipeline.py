@@ -154,7 +154,7 @@ def test_vsae_topk_trains_beside_topk_from_one_pass(store, tmp_path):
     assert math.isclose(derived["kl_coeff"], 2 * 0.04 * variance / 8, rel_tol=1e-4) and derived["n_dec"] == 8
     assert math.isclose(derived["log_var_init"], math.log(derived["kl_coeff"] / (derived["kl_coeff"] + 2)))
     model = load_sae(out / "vsae_topk_128_k8_s0")
-    assert model.cfg.is_variational and "W_enc_logvar" in model.state_dict()
+    assert model.cfg.samples and "W_enc_logvar" in model.state_dict()
 
 
 def test_vsae_iso_is_trainable(store, tmp_path):

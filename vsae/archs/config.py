@@ -9,6 +9,18 @@ from dataclasses import dataclass, field, fields
 from vsae.errors import VsaeError
 from vsae.validation import check_types
 
+RENAMED = {"variational": "vsae_family"}  # cfg.json keys of earlier versions
+
+
+def upgrade_keys(data: dict) -> dict:
+    """A cfg.json `model` block (or a resume recipe's `model.` keys) of any earlier version, in today's
+    names: `variational` is `vsae_family`; JumpReLU's L0 coefficient, once `l1_coeff`, is `l0_coeff`;
+    the derived `is_variational`/`samples` flags are dropped."""
+    data = {RENAMED.get(k, k): v for k, v in data.items() if k not in ("is_variational", "samples")}
+    if data.get("sparsifier") == "jumprelu" and "l0_coeff" not in data and "l1_coeff" in data:
+        data["l0_coeff"], data["l1_coeff"] = data["l1_coeff"], 0.0
+    return data
+
 
 @dataclass
 class SAEConfig:
@@ -45,6 +57,9 @@ class SAEConfig:
     resampling: bool = False
     """Dead latents may be resampled (standard and panneal, never a vsae_*)."""
     l1_coeff: float = 0.0
+    """λ of the L1 penalty (relu, gate) or the initial α of panneal's Lp penalty."""
+    l0_coeff: float = 0.0
+    """JumpReLU: coefficient of its L0 penalty (or of the squared distance to l0_target)."""
     """λ of the L1 penalty (relu and gate sparsifiers; α₀ for panneal)."""
     aux_coeff: float = 1.0
     """α_aux of the gated models' frozen-decoder auxiliary reconstruction."""
@@ -80,8 +95,8 @@ class SAEConfig:
     """Top-k family: fraction of T after which the inference threshold θ is learned (EMA)."""
     threshold_beta: float = 0.999
     """Top-k family: upper bound on the θ EMA decay (the run caps it at 1 − 20/T)."""
-    variational: bool = False
-    """A vsae_* model (Gaussian posterior family); var_flag decides whether it samples."""
+    vsae_family: bool = False
+    """A vsae_* model: Gaussian posterior with a KL to the prior (an L2 penalty at var_flag 0)."""
     var_flag: int = 0
     """1: learned log-variance head and sampling (a VAE); 0: deterministic SAE with an L2 penalty β/2."""
     prior: str = "iso"
@@ -112,8 +127,9 @@ class SAEConfig:
     """Latents whose sample reaches the decoder per token (derived)."""
 
     @property
-    def is_variational(self) -> bool:
-        return self.variational and self.var_flag == 1
+    def samples(self) -> bool:
+        """var_flag = 1 in the vsae family: a learned log-variance head, and training samples the code."""
+        return self.vsae_family and self.var_flag == 1
 
     @property
     def topk_family(self) -> bool:
@@ -125,12 +141,12 @@ class SAEConfig:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        out["is_variational"] = self.is_variational
+        out["samples"] = self.samples
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> SAEConfig:
-        data = {k: v for k, v in data.items() if k != "is_variational"}
+        data = upgrade_keys(data)
         # a cfg.json written before the site rule existed was trained with selection on the sample
         data.setdefault("selection_site", "sample")
         unknown = set(data) - {f.name for f in fields(cls)}
@@ -187,9 +203,21 @@ def validate(cfg: SAEConfig) -> None:
         )
     if cfg.var_flag not in (0, 1):
         raise VsaeError(f"var_flag must be 0 or 1 (got {cfg.var_flag})")
-    if cfg.var_flag and not cfg.variational:
+    if cfg.var_flag and not cfg.vsae_family:
         raise VsaeError(f"var_flag applies to the vsae_* architectures only, not {cfg.architecture}")
-    for name in ("l1_coeff", "aux_coeff", "auxk_coeff", "noise_budget", "bandwidth", "threshold_init"):
+    if cfg.sparsifier == "jumprelu" and cfg.l1_coeff:
+        raise VsaeError(
+            f"jumprelu has no L1 penalty: its L0 coefficient is l0_coeff (got l1_coeff={cfg.l1_coeff})"
+        )
+    for name in (
+        "l1_coeff",
+        "l0_coeff",
+        "aux_coeff",
+        "auxk_coeff",
+        "noise_budget",
+        "bandwidth",
+        "threshold_init",
+    ):
         if getattr(cfg, name) < 0:
             raise VsaeError(f"{name} must be non-negative (got {getattr(cfg, name)})")
     if cfg.kl_coeff is not None and cfg.kl_coeff < 0:
@@ -200,7 +228,7 @@ def validate(cfg: SAEConfig) -> None:
             raise VsaeError(f"corr_rate={rho} is outside the valid range (-1/(F-1), 1) for F={f}")
         if cfg.kl_scope != "all":
             raise VsaeError("the equicorrelated prior is joint over all latents: kl_scope must be 'all'")
-    if cfg.variational and cfg.var_flag and cfg.log_var_init is not None:
+    if cfg.vsae_family and cfg.var_flag and cfg.log_var_init is not None:
         if not cfg.logvar_min <= cfg.log_var_init <= cfg.logvar_max:
             raise VsaeError(
                 f"log_var_init={cfg.log_var_init:.4g} lies outside [{cfg.logvar_min}, {cfg.logvar_max}]"
@@ -214,7 +242,7 @@ def validate(cfg: SAEConfig) -> None:
             raise VsaeError("group_weights must have one entry per group fraction")
     if cfg.sparsity_penalty == "lp_p" and cfg.sparsifier != "relu":
         raise VsaeError("sparsity_penalty=lp_p needs the relu sparsifier")
-    if cfg.resampling and cfg.variational:
+    if cfg.resampling and cfg.vsae_family:
         raise VsaeError("resampling is not defined for the vsae_* architectures (docs/architectures.md)")
     if cfg.n_p_updates < 2 or cfg.p_end <= 0:
         raise VsaeError("panneal needs n_p_updates >= 2 and p_end > 0")

@@ -73,7 +73,7 @@ def sign_split(model: SAE) -> SAE:
         topk_mode="value",
         relu_mu=True,
         var_flag=0,
-        variational=False,
+        vsae_family=False,
         group_fractions=[],
         kl_coeff=None,
         log_var_init=None,

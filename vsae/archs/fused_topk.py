@@ -27,8 +27,8 @@ def applies(sae: SAE, x: Tensor) -> bool:
     return (
         cfg.sparsifier in ("topk", "batchtopk")
         and cfg.topk_mode == "value"
-        and not cfg.is_variational
-        and not cfg.variational
+        and not cfg.samples
+        and not cfg.vsae_family
         and not cfg.group_fractions
         and cfg.encoder == "linear"
         and x.dim() == 2

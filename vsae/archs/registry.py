@@ -65,7 +65,7 @@ _SPECS = [
     ArchSpec(
         "jumprelu",
         "JumpReLU SAE with an L0 target (Rajamanoharan et al. 2024b)",
-        {"sparsifier": "jumprelu", "apply_b_dec_to_input": False, "l1_coeff": 1.0, "relu_mu": False},
+        {"sparsifier": "jumprelu", "apply_b_dec_to_input": False, "l0_coeff": 1.0, "relu_mu": False},
         {"betas": (0.0, 0.999)},
         lr=7e-5,
     ),
@@ -139,7 +139,7 @@ def model_defaults(name: str) -> dict:
     for spec in _chain(name):
         out |= spec.model
     if any(s.n_dec for s in _chain(name)):
-        out["variational"] = True
+        out["vsae_family"] = True
         out["resampling"] = False  # never inherited by vsae_X
         out.setdefault("var_flag", 1)
     return out
@@ -155,7 +155,7 @@ def train_defaults(name: str, d_sae: int) -> dict:
     return out
 
 
-DERIVED_KEYS = ("architecture", "d_in", "d_sae", "n_dec", "kl_coeff_source", "noise_unit", "variational")
+DERIVED_KEYS = ("architecture", "d_in", "d_sae", "n_dec", "kl_coeff_source", "noise_unit", "vsae_family")
 
 
 def settable_keys() -> list[str]:
@@ -177,10 +177,10 @@ def build_config(
     values = model_defaults(name) | overrides
     if values.get("decoder_norm") == "free" and "init_dec_norm" not in overrides:
         values["init_dec_norm"] = 0.1
-    if overrides.get("var_flag") and not values.get("variational"):
+    if overrides.get("var_flag") and not values.get("vsae_family"):
         raise VsaeError(f"var_flag applies to the vsae_* architectures only, not {name}")
     cfg = SAEConfig(architecture=name, d_in=d_in, d_sae=d_sae, noise_unit=noise_unit, **values)
-    if cfg.variational:
+    if cfg.vsae_family:
         _resolve_vsae_scale(cfg, name)
     validate(cfg)
     return cfg

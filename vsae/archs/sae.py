@@ -118,7 +118,7 @@ class SAE(nn.Module):
             self.threshold = nn.Parameter(torch.full((f,), cfg.threshold_init))
         elif cfg.topk_family:
             self.register_buffer("threshold", torch.full((f,), -1.0))
-        if cfg.is_variational:
+        if cfg.samples:
             self.W_enc_logvar = nn.Parameter(torch.zeros(d, f))
             self.b_enc_logvar = nn.Parameter(torch.full((f,), float(cfg.log_var_init)))
             self.register_buffer("logvar_min", torch.full((f,), cfg.logvar_min))
@@ -214,7 +214,7 @@ class SAE(nn.Module):
         xt = self._centre(x.reshape(-1, shape[-1]))
         mu, pi_gate = self._mean(xt)
         values = mu
-        if sample and self.cfg.is_variational:
+        if sample and self.cfg.samples:
             values = self._sample(mu, self._log_var(xt)[0], generator)
         code = self.sparsifier.infer(self, self._site(mu, values), values, mu, pi_gate)
         return code.reshape(*shape[:-1], self.cfg.d_sae)
@@ -224,7 +224,7 @@ class SAE(nn.Module):
         xt = self._centre(x.reshape(-1, self.cfg.d_in))
         mu, pi_gate = self._mean(xt)
         post = Posterior(mu=mu, mask=self._active_mask(mu, mu, pi_gate), pi_gate=pi_gate)
-        if self.cfg.is_variational:
+        if self.cfg.samples:
             post.log_var, post.log_var_pre = self._log_var(xt)
         return post
 
@@ -262,7 +262,7 @@ class SAE(nn.Module):
             mu, pi_gate = self._mean(xt)
             ell = ell_pre = None
             z = mu
-            if cfg.is_variational:
+            if cfg.samples:
                 ell, ell_pre = self._log_var(xt)
                 z = self._sample(mu, ell, ctx.generator)
             f, mask = self._train_code(mu, z, pi_gate)
@@ -271,7 +271,7 @@ class SAE(nn.Module):
             self.sparsifier.penalty(self, x, site, mu, pi_gate, norms, ctx, terms, raw)
             if cfg.topk_family:
                 aux_scores, aux_values = scores(site, cfg.topk_mode), lambda crow, cols, rows: z[rows, cols]
-            if cfg.variational:
+            if cfg.vsae_family:
                 kl = self._kl(mu, ell, mask, norms).mean()
                 raw["kl"] = kl.detach()
                 terms["kl"] = cfg.kl_coeff * ctx.kl_scale * kl
@@ -282,7 +282,7 @@ class SAE(nn.Module):
                     selected = (rows, scores(mu.detach(), cfg.topk_mode)[0][rows, cols])
             fired = (f_det != 0).any(dim=0)
             l0_train = (f_det != 0).sum(-1).float().mean()
-            if cfg.is_variational and ctx.diagnostics:
+            if cfg.samples and ctx.diagnostics:
                 with torch.no_grad():
                     bound = (ell_pre <= self.logvar_min) | (ell_pre >= self.logvar_max)
                     diagnostics = Diagnostics(
@@ -317,7 +317,7 @@ class SAE(nn.Module):
     def _deterministic_code(self, mu: Tensor, pi_gate: Tensor | None, f: Tensor, mask: Tensor):
         """f_det = S(μ) and its mask: at the mean site the mask is the training mask already; under the
         sample site it takes one more selection on μ."""
-        if not self.cfg.is_variational:
+        if not self.cfg.samples:
             return f.detach(), mask
         if self.cfg.selection_site == "sample":
             mask = self._active_mask(mu, mu, pi_gate)

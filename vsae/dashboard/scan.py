@@ -109,7 +109,7 @@ def scan(
     abs_sum = torch.zeros(f_dim, dtype=torch.float64)
     abs_max = torch.zeros(f_dim)
     hist = torch.zeros(f_dim * N_BINS, dtype=torch.int64)
-    sigma_sum = torch.zeros(f_dim, dtype=torch.float64) if sae.cfg.is_variational else None
+    sigma_sum = torch.zeros(f_dim, dtype=torch.float64) if sae.cfg.samples else None
     top = _BestPerGroup(f_dim, examples)  # key −|f|: the largest activations per latent
     sample = _BestPerGroup(f_dim * N_BINS, per_bin)  # random keys: a uniform sample per (latent, bin)
     gen = torch.Generator().manual_seed(seed)

@@ -239,8 +239,8 @@ def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig, show_progres
         fired |= (f != 0).any(dim=0)
         post = norm.posterior(x / c)
         extra["l0_train_rule"] += float(post.mask.sum())
-        if sae.cfg.variational:
-            if sae.cfg.is_variational:
+        if sae.cfg.vsae_family:
+            if sae.cfg.samples:
                 sigma = torch.exp(0.5 * post.log_var) * norm.dec_norms()
                 extra["sigma"] += float(sigma.mean(dim=-1).sum())
                 pre = post.log_var_pre
@@ -266,10 +266,10 @@ def core_metrics(sae: SAE, table: Table, c: float, cfg: EvalConfig, show_progres
         "rel_recon_bias": core["rel_recon_bias"],
         "norm_factor": c,
     }
-    if sae.cfg.variational:
+    if sae.cfg.vsae_family:
         out["kl"] = extra["kl"] / n
         out["fve_mean"] = core["fve"]
-    if sae.cfg.is_variational:
+    if sae.cfg.samples:
         sample = acc_sample.result()
         out |= {
             "fve_sample": sample["fve"],

@@ -20,6 +20,7 @@ import torch
 
 import vsae
 from vsae.archs.checkpoint import read_cfg, write_checkpoint
+from vsae.archs.config import upgrade_keys
 from vsae.archs.registry import build_config, check_arch, predicted_noise_power, train_defaults
 from vsae.archs.sae import SAE, StepContext
 from vsae.archs.steps import DATA_STREAM, EPS_STREAM, make_generator, n_steps
@@ -243,7 +244,7 @@ class SAERun:
         d = self.schedule.as_dict() | {"T_dead": self.t_dead}
         if self.cfg.topk_family:
             d["beta_theta"] = self.model.threshold_decay(self.total)
-        if self.cfg.variational:
+        if self.cfg.vsae_family:
             d |= {
                 "n_dec": self.cfg.n_dec,
                 "kl_coeff": self.cfg.kl_coeff,
@@ -305,7 +306,7 @@ class SAERun:
             raise VsaeError(
                 f"{self.out} was trained for {state['total_steps']} steps; resume with the same --steps/--tokens"
             )
-        for name, old in state.get("recipe", {}).items():  # states written before recipes skip this
+        for name, old in _upgrade_recipe(state.get("recipe", {})).items():  # no recipe (old states): skipped
             new = self.recipe().get(name)
             if new != old:
                 flag = name.removeprefix("model.")
@@ -323,6 +324,14 @@ class SAERun:
         self.eps_gen.set_state(state["eps_generator"])
         self.data_gen.set_state(state["data_generator"])
         self.model.load_training_state(state)
+
+
+def _upgrade_recipe(recipe: dict) -> dict:
+    """A resume recipe of an earlier version with its model keys in today's names."""
+    model = upgrade_keys({k.removeprefix("model."): v for k, v in recipe.items() if k.startswith("model.")})
+    return {k: v for k, v in recipe.items() if not k.startswith("model.")} | {
+        f"model.{k}": v for k, v in model.items()
+    }
 
 
 def _initial_model(spec: SAESpec, table: Table, c: float) -> SAE | None:
@@ -550,13 +559,13 @@ def _announce(runs: list[SAERun], table: Table, c: float, total: int) -> None:
     for run in runs:
         cfg = run.cfg
         line = f"  {run.out.name}: {cfg.architecture} F={cfg.d_sae} lr={run.lr:.3g}"
-        if cfg.variational and cfg.selection_site == "sample":
+        if cfg.vsae_family and cfg.selection_site == "sample":
             log.warning(
                 "%s: selection_site=sample selects on the noisy sample (the reference fork's rule); "
                 "it is unstable at every δ-level noise, use selection_site=mean unless reproducing the fork",
                 run.out.name,
             )
-        if cfg.is_variational:
+        if cfg.samples:
             power = predicted_noise_power(cfg)
             share = power / cfg.noise_unit
             line += f" β={cfg.kl_coeff:.3g} predicted decoded noise {share:.3g} of the activations' variance"

@@ -24,7 +24,7 @@ class JumpReLU(Sparsifier):
         l0 = step(site, sae.threshold, cfg.bandwidth).sum(dim=-1).mean()
         raw["l0"] = l0.detach()
         penalty = (l0 / cfg.l0_target - 1).square() if cfg.l0_mode == "target" else l0
-        terms["l0"] = cfg.l1_coeff * ctx.sparsity_scale * penalty
+        terms["l0"] = cfg.l0_coeff * ctx.sparsity_scale * penalty
 
     def after_step(self, sae, ctx, stats) -> None:
         sae.threshold.clamp_(min=1e-6)
