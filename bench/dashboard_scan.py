@@ -17,7 +17,8 @@ from vsae.archs.checkpoint import load_sae, read_cfg
 from vsae.dashboard.scan import scan
 from vsae.evaluate.core import checkpoint_table
 from vsae.train.config import TrainConfig
-from vsae.train.loop import SAESpec, train
+from vsae.train.loop import train
+from vsae.train.run import SAESpec
 
 
 def scan_rate(path: Path, tokens: int) -> float:

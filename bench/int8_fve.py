@@ -18,7 +18,8 @@ from vsae.harvest.loop import HarvestConfig, harvest
 from vsae.harvest.models import load_model
 from vsae.store.table import open_table
 from vsae.train.config import TrainConfig
-from vsae.train.loop import SAESpec, train
+from vsae.train.loop import train
+from vsae.train.run import SAESpec
 
 
 def activation_bytes(store: str) -> float:

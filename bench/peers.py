@@ -47,7 +47,7 @@ def _vsae(arch, d, f, k):
     from vsae.archs.registry import build_config, train_defaults
     from vsae.archs.sae import SAE, StepContext
     from vsae.archs.steps import make_generator
-    from vsae.train.loop import _project_radial
+    from vsae.train.run import project_radial
 
     model = SAE(build_config(arch, d, f, {"k": k} if arch == "topk" else {}))
     opt = torch.optim.Adam(model.parameters(), lr=train_defaults(arch, f)["lr"])
@@ -59,7 +59,7 @@ def _vsae(arch, d, f, k):
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if model.cfg.decoder_norm == "unit":
-            _project_radial(model.W_dec)
+            project_radial(model.W_dec)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if model.cfg.decoder_norm == "unit":

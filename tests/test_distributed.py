@@ -65,7 +65,7 @@ def _grad_worker(rank: int, init_file: str, x: torch.Tensor, result):
     from vsae.archs.registry import build_config
     from vsae.archs.sae import SAE, StepContext
     from vsae.archs.steps import make_generator
-    from vsae.train.loop import _LossModule
+    from vsae.train.run import _LossModule
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model = SAE(build_config("standard", 16, 64, {}), seed=0)

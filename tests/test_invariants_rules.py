@@ -149,7 +149,7 @@ def test_invariant_logvar_bound_monitor_and_warning(tmp_path, caplog):
         m.b_enc_logvar.fill_(-25.0)
     out = m.loss_terms(x_batch(), ctx())
     assert float(out.diagnostics.frac_logvar_at_bound) > 0.01
-    from vsae.train.loop import SAERun  # the trainer turns it into a logged warning
+    from vsae.train.run import SAERun  # the trainer turns it into a logged warning
 
     run = SAERun.__new__(SAERun)
     run.model, run.cfg, run.tau, run.t_dead = m, m.cfg, torch.zeros(F, dtype=torch.int64), 10
@@ -282,13 +282,13 @@ def test_invariant_auxk_residual_detached_and_no_b_dec():
 
 
 def test_invariant_projected_gradient_is_tangent():
-    from vsae.train.loop import _project_radial
+    from vsae.train.run import project_radial
 
     m = make("standard")
     m.loss_terms(x_batch(), ctx()).loss.backward()
     with torch.no_grad():
         m.W_dec.grad[3] = 0
-    _project_radial(m.W_dec)
+    project_radial(m.W_dec)
     g, d = m.W_dec.grad.double(), m.W_dec.double()
     assert ((g * d).sum(1).abs() <= 1e-6 * g.norm(dim=1) + 1e-12).all()
 
@@ -372,7 +372,7 @@ def test_cfg_and_resume_recipes_of_earlier_versions_load_with_todays_names():
     (once `l1_coeff`) is `l0_coeff`: old cfg.json files and resume recipes still load, meaning the same."""
     from vsae.archs.config import SAEConfig
     from vsae.errors import VsaeError
-    from vsae.train.loop import _upgrade_recipe
+    from vsae.train.run import upgrade_recipe
 
     now = build_config("vsae_jumprelu", 8, 32, {"l0_coeff": 1.5})
     old = {("variational" if k == "vsae_family" else k): v for k, v in now.to_dict().items()}
@@ -382,8 +382,8 @@ def test_cfg_and_resume_recipes_of_earlier_versions_load_with_todays_names():
     }
     assert SAEConfig.from_dict(old) == now and now.samples
     recipe = {f"model.{k}": v for k, v in old.items()} | {"lr": 1e-3}
-    assert _upgrade_recipe(recipe) == {
-        f"model.{k}": v for k, v in now.to_dict().items() if k != "samples"
-    } | {"lr": 1e-3}
+    assert upgrade_recipe(recipe) == {f"model.{k}": v for k, v in now.to_dict().items() if k != "samples"} | {
+        "lr": 1e-3
+    }
     with pytest.raises(VsaeError, match="l0_coeff"):
         build_config("jumprelu", 8, 32, {"l1_coeff": 0.5})

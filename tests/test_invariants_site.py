@@ -281,7 +281,7 @@ def test_invariant_norm_factor_is_exact(table):
 def test_invariant_unit_rows_kept_and_b_dec_never_renormalised(table, tmp_path):
     """Test 12 through the trainer's step: rows stay at norm 1, a non-unit b_dec keeps its norm's scale."""
     from vsae.train.config import TrainConfig
-    from vsae.train.loop import SAERun, SAESpec
+    from vsae.train.run import SAERun, SAESpec
 
     run = SAERun(SAESpec("standard", d_sae=F), table, TrainConfig(batch_size=64, steps=3), 3, 1.0, tmp_path)
     with torch.no_grad():
@@ -315,7 +315,7 @@ def test_invariant_threshold_ema_follows_the_formula():
 def test_invariant_dead_counters_advance_by_the_global_batch(table, tmp_path):
     """Test 20 through the trainer's own step: τ_j += N unless latent j fired (by an independent top-k)."""
     from vsae.train.config import TrainConfig
-    from vsae.train.loop import SAERun, SAESpec
+    from vsae.train.run import SAERun, SAESpec
 
     n = 8
     run = SAERun(

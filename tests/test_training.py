@@ -14,7 +14,8 @@ from vsae.archs.checkpoint import load_sae
 from vsae.errors import NonFiniteLoss
 from vsae.store.table import open_table
 from vsae.train.config import TrainConfig
-from vsae.train.loop import SAESpec, train
+from vsae.train.loop import train
+from vsae.train.run import SAESpec
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +104,7 @@ def test_invariant_dead_counters_and_t_dead(synth, tmp_path):
     assert int(state["tau"].max()) <= 3 * 256 and int(state["tau"].min()) >= 0
     cfg = json.loads((run / "cfg.json").read_text())
     assert cfg["training"]["derived"]["T_dead"] == 256  # max(N, floor(0.1·3·256)) = 256
-    from vsae.train.loop import SAERun
+    from vsae.train.run import SAERun
 
     table = open_table(str(synth))
     for total, expected in ((3, 4096), (100, 40960), (10**6, 10_000_000)):

@@ -13,7 +13,8 @@ from vsae.harvest.models import PACKAGED
 from vsae.progress import console
 from vsae.progress import results as results_console
 from vsae.train.config import TrainConfig
-from vsae.train.loop import SAESpec, train
+from vsae.train.loop import train
+from vsae.train.run import SAESpec
 
 
 def run_demo(out: Path, tokens: int = 200_000, layer: int = 3) -> list[dict]:

@@ -242,8 +242,8 @@ def train(
     ] = None,
 ) -> None:
     """Train one or more SAEs on shuffled batches from a store (one pass shared by all of them)."""
-    from vsae.train.loop import SAESpec
     from vsae.train.loop import train as run
+    from vsae.train.run import SAESpec
 
     if dict_size is not None and expansion is not None:
         raise VsaeError("give --dict-size or --expansion, not both")

@@ -24,7 +24,7 @@ PER_SAE_TRAIN = ("lr", "grad_clip_norm", "betas")  # training options one [[sae]
 
 def load_sweep(path: str | Path):
     """(list of SAESpec, TrainConfig overrides) from a TOML sweep file."""
-    from vsae.train.loop import SAESpec
+    from vsae.train.run import SAESpec
 
     try:
         data = tomllib.loads(Path(path).read_text())
