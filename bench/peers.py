@@ -131,30 +131,15 @@ def _dictionary_learning(arch, d, f, k):
     sys.modules.setdefault("nnsight", types.ModuleType("nnsight"))  # imported by its buffer, unused here
     sys.modules["nnsight"].LanguageModel = object
     if arch == "topk":
-        from dictionary_learning.trainers.top_k import TopKTrainer
+        from dictionary_learning.trainers.top_k import TopKTrainer as Trainer
 
-        trainer = TopKTrainer(
-            steps=10_000,
-            activation_dim=d,
-            dict_size=f,
-            k=k,
-            layer=0,
-            lm_name="bench",
-            device="cpu",
-            warmup_steps=10,
-        )
+        extra = {"k": k}
     else:
-        from dictionary_learning.trainers.standard import StandardTrainer
+        from dictionary_learning.trainers.standard import StandardTrainer as Trainer
 
-        trainer = StandardTrainer(
-            steps=10_000,
-            activation_dim=d,
-            dict_size=f,
-            layer=0,
-            lm_name="bench",
-            device="cpu",
-            warmup_steps=10,
-        )
+        extra = {}
+    common = {"layer": 0, "lm_name": "bench", "device": "cpu", "warmup_steps": 10}
+    trainer = Trainer(steps=10_000, activation_dim=d, dict_size=f, **common, **extra)
 
     def step(x, t):  # its own update(): loss, backward, clip, parallel-gradient removal, Adam, schedule
         trainer.update(t + 1, x)  # step 0 also computes a geometric median: skipped, as vsae's init is
