@@ -18,3 +18,8 @@ python3 -c "
 import json
 for r in json.load(open('$OUT/calib.json')): print(r['checkpoint'].split('/')[-1], 'L0 %.1f FVE %.4f alive %.3f' % (r['l0'], r['fve'], r['frac_alive']))
 " | tee $OUT/calib.txt
+# issue #8: the L1 and JumpReLU families at ≥ 1M tokens per SAE (an hour and a half on 2 CPU cores)
+$V train --store .gpu/acts --config bench/sweep_l1_1m.toml --device cuda --out /tmp/l1 2>&1 | tail -16 | tee $OUT/l1_train.log
+$V eval /tmp/l1 --ce-windows 24 --json $OUT/l1_1m.json > /dev/null 2>&1
+# issue #13: topk F = 16,384 from the store, one SAE (tokens/s in the summary table)
+$V train --store .gpu/acts --arch topk --dict-size 16384 --k 32 --batch-size 4096 --tokens 20000000 --device cuda --out /tmp/t16k 2>&1 | tail -6 | tee $OUT/topk16k.log

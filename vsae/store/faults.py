@@ -24,4 +24,8 @@ def failpoint(name: str) -> None:
     action = parts[2] if len(parts) > 2 else "kill"
     if action == "enospc":
         raise OSError(errno.ENOSPC, "No space left on device (simulated)")
-    os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGKILL)
+    if action == "sigint":
+        # raise() delivers to this (the main) thread, so KeyboardInterrupt surfaces right here; os.kill may
+        # land on a helper thread and surface later inside a finaliser, which swallows it
+        signal.raise_signal(signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGKILL)
