@@ -267,7 +267,7 @@ class SAE(nn.Module):
                 z = self._sample(mu, ell, ctx.generator)
             f, mask = self._train_code(mu, z, pi_gate)
             site = self._site(mu, z)
-            x_hat = sparse_decode(f, self.sparsifier.support(f, mask), self.W_dec) + self.b_dec
+            x_hat = sparse_decode(f, self.sparsifier.support(self, f, mask), self.W_dec) + self.b_dec
             self.sparsifier.penalty(self, x, site, mu, pi_gate, norms, ctx, terms, raw)
             if cfg.topk_family:
                 aux_scores, aux_values = scores(site, cfg.topk_mode), lambda crow, cols, rows: z[rows, cols]
@@ -280,8 +280,9 @@ class SAE(nn.Module):
                 if cfg.topk_family:
                     rows, cols = mask_det.nonzero(as_tuple=True)
                     selected = (rows, scores(mu.detach(), cfg.topk_mode)[0][rows, cols])
-            fired = (f_det != 0).any(dim=0)
-            l0_train = (f_det != 0).sum(-1).float().mean()
+            nonzero = f_det != 0
+            fired = nonzero.any(dim=0)
+            l0_train = nonzero.sum(-1).float().mean()
             if cfg.samples and ctx.diagnostics:
                 with torch.no_grad():
                     bound = (ell_pre <= self.logvar_min) | (ell_pre >= self.logvar_max)

@@ -21,9 +21,9 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: we build valid CSR ourselves
 
 
-def _density(mask: torch.Tensor) -> float:
-    """Fraction of non-zeros, without materialising a float copy of the mask."""
-    return int(torch.count_nonzero(mask)) / max(1, mask.numel())
+def _density(values: torch.Tensor) -> float:
+    """Fraction of non-zeros of a mask or a tensor, without materialising a copy."""
+    return int(torch.count_nonzero(values)) / max(1, values.numel())
 
 
 def _csr(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,10 +93,9 @@ class _EncodeLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         grad = grad.to(x.dtype)  # under bf16 autocast the incoming gradient may be bf16
-        nz = grad != 0
-        if _density(nz) > DENSITY_LIMIT:
+        if _density(grad) > DENSITY_LIMIT:  # counted on the gradient itself: no N×F mask for dense codes
             return grad @ w.T, x.T @ grad, grad.sum(0)
-        crow, cols, rows = _csr(nz)
+        crow, cols, rows = _csr(grad != 0)
         return _linear_grads(x, w, crow, cols, rows, grad[rows, cols], grad.shape)
 
 

@@ -24,7 +24,7 @@ class Sparsifier:
         """The training code f: the noise rides on the selected entries, f = M ⊙ z."""
         return z * mask
 
-    def support(self, f: Tensor, mask: Tensor) -> Tensor:
+    def support(self, sae: SAE, f: Tensor, mask: Tensor) -> Tensor:
         """Where f can be non-zero (the sparse decoder multiplies only there)."""
         return mask
 

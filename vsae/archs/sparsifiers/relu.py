@@ -14,8 +14,10 @@ class ReLU(Sparsifier):
     def train_code(self, sae, z, site, mask) -> Tensor:
         return z  # the dense code (the encoder's ReLU already shaped μ)
 
-    def support(self, f, mask) -> Tensor:
-        return f.detach() != 0  # M = μ > 0 is not f's support once noise is added
+    def support(self, sae, f, mask) -> Tensor:
+        if sae.cfg.relu_mu and not sae.cfg.samples:
+            return mask  # f = μ = ReLU(u): non-zero exactly where μ > 0
+        return f.detach() != 0  # with noise, M = μ > 0 is not f's support
 
     def infer(self, sae, site, values, mu, pi_gate) -> Tensor:
         return values
@@ -32,7 +34,10 @@ class ReLU(Sparsifier):
             raw["lp"] = lp.detach()
             terms["lp"] = p_state.alpha * ctx.sparsity_scale * lp
             return
-        l1 = (norms * mu.abs()).sum(dim=-1).mean()
+        weighted = mu if sae.cfg.relu_mu else mu.abs()  # μ ≥ 0 after the ReLU: |μ| = μ, one pass fewer
+        if sae.cfg.decoder_norm == "free":
+            weighted = norms * weighted
+        l1 = weighted.sum(dim=-1).mean()
         raw["l1"] = l1.detach()
         terms["l1"] = sae.cfg.l1_coeff * ctx.sparsity_scale * l1
 
