@@ -202,7 +202,9 @@ def _model_parts(table: Table):
 
     def decode(i: int) -> str:
         if i not in cache:
-            cache[i] = loaded.tokenizer.decode([int(i)])
+            text = loaded.tokenizer.decode([int(i)])
+            # a byte-level piece of a multi-byte character decodes to U+FFFD alone: show the raw token instead
+            cache[i] = loaded.tokenizer.convert_ids_to_tokens(int(i)) if "\ufffd" in text else text
         return cache[i]
 
     return decode, final_norm_and_unembedding(loaded.model)
