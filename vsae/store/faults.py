@@ -25,7 +25,14 @@ def failpoint(name: str) -> None:
     if action == "enospc":
         raise OSError(errno.ENOSPC, "No space left on device (simulated)")
     if action == "sigint":
-        # raise() delivers to this (the main) thread, so KeyboardInterrupt surfaces right here; os.kill may
-        # land on a helper thread and surface later inside a finaliser, which swallows it
+        # raise() runs the C-level handler in this (the main) thread; the interpreter then raises
+        # KeyboardInterrupt on entering the next Python function. os.kill could land on a helper thread and
+        # surface later, even inside a finaliser that swallows it.
         signal.raise_signal(signal.SIGINT)
+        _python_call()
+        return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _python_call() -> None:
+    """Entering a Python function is where pending signal handlers run."""
