@@ -114,10 +114,8 @@ class SAE(nn.Module):
             self.b_enc = nn.Parameter(torch.zeros(f))
         self.W_dec = nn.Parameter(w_dec)
         self.b_dec = nn.Parameter(torch.zeros(d))
-        if cfg.sparsifier == "jumprelu":
-            self.threshold = nn.Parameter(torch.full((f,), cfg.threshold_init))
-        elif cfg.topk_family:
-            self.register_buffer("threshold", torch.full((f,), -1.0))
+        self.sparsifier = SPARSIFIERS[cfg.sparsifier]  # the selection rule (archs/sparsifiers/)
+        self.sparsifier.declare(self)  # its own tensors (θ)
         if cfg.samples:
             self.W_enc_logvar = nn.Parameter(torch.zeros(d, f))
             self.b_enc_logvar = nn.Parameter(torch.full((f,), float(cfg.log_var_init)))
@@ -126,7 +124,6 @@ class SAE(nn.Module):
         if cfg.prior == "permean":
             self.register_buffer("prior_mean", torch.zeros(f))
         self._fallback_warned = False
-        self.sparsifier = SPARSIFIERS[cfg.sparsifier]  # the selection rule (archs/sparsifiers/)
         self.p_state = _PAnneal(cfg) if cfg.sparsity_penalty == "lp_p" else None
 
     # ---------------------------------------------------------------- declarations

@@ -16,6 +16,9 @@ class Sparsifier:
     `site` is what selection looks at (μ by default, the sample z under selection_site = sample), `mu` the
     posterior mean, `pi_gate` the gate pre-activation of gated encoders (else None)."""
 
+    def declare(self, sae: SAE) -> None:
+        """Registers this sparsifier's own parameters or buffers on the SAE (none by default)."""
+
     def mask(self, sae: SAE, site: Tensor, mu: Tensor, pi_gate: Tensor | None) -> Tensor:
         """The training rule's active mask M [N, F]."""
         raise NotImplementedError

@@ -3,13 +3,17 @@ penalty counted at the selection site (or its squared distance to a target L0)."
 
 from __future__ import annotations
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from vsae.archs.sparsifiers.base import Sparsifier
 from vsae.archs.sparsifiers.jumprelu_ste import jumprelu, step
 
 
 class JumpReLU(Sparsifier):
+    def declare(self, sae) -> None:
+        sae.threshold = nn.Parameter(torch.full((sae.cfg.d_sae,), sae.cfg.threshold_init))  # θ, learned
+
     def mask(self, sae, site, mu, pi_gate) -> Tensor:
         return site > sae.threshold
 

@@ -18,6 +18,9 @@ class TopK(Sparsifier):
     def __init__(self, per_batch: bool):
         self.per_batch = per_batch
 
+    def declare(self, sae) -> None:
+        sae.register_buffer("threshold", torch.full((sae.cfg.d_sae,), -1.0))  # θ, −1 until first set
+
     def mask(self, sae, site, mu, pi_gate) -> Tensor:
         score, positive = scores(site, sae.cfg.topk_mode)
         pick = batch_topk_mask if self.per_batch else topk_mask
