@@ -410,7 +410,19 @@ def train_with_failpoint(world, tmp_path: Path, failpoint: str, out: Path | None
     exe = Path(sys.executable).with_name("vsae")
     args = [str(exe), *map(str, _train_args(world["store"], out or tmp_path / "o"))]
     env = {**os.environ, "VSAE_FAILPOINT": failpoint}
-    return subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600, preexec_fn=_terminal_signals
+    )
+
+
+def _terminal_signals() -> None:
+    """The child starts with SIGINT as a terminal's foreground process has it: unblocked, default handling.
+    Signal masks and ignored dispositions are inherited across exec, and a library earlier in this pytest
+    process may leave either changed; Python then installs no KeyboardInterrupt handler in the child."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _final_state(run: Path) -> dict:
