@@ -232,6 +232,10 @@ def test_dashboard_in_a_real_browser(checkpoint, tmp_path):
             page.goto(feature.as_uri())
         browser.close()
     assert errors == []
+    # a second run replaces its own earlier dashboard whole, leaving nothing beside it
+    run_vsae("viz", checkpoint, "--out", out, "--split", "train", "--tokens", "2000", "--latents", "3")
+    assert len(list(out.glob("features/*.html"))) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dash", "index.png"]
 
 
 def test_viz_refuses_bad_input_and_never_replaces_a_foreign_folder(checkpoint, tmp_path):

@@ -168,9 +168,13 @@ def build_dashboard(path: Path, out: Path, cfg: DashboardConfig, show: bool = Tr
         (tmp / "index.html").write_text(
             render.page(f"{path.name} features", index, render.SORT_JS), encoding="utf-8"
         )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)  # the folder is complete or the old one stays
+        old = out.with_name(f".{out.name}.old") if out.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            out.replace(old)  # set aside, not deleted, until the new folder is in place
+        tmp.replace(out)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     dead = int((stats.fires == 0).sum())
