@@ -97,3 +97,17 @@ def test_bad_project_name_is_refused_before_any_work(tmp_path, capfd):
     )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --wandb")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unreadable_run_id_file_starts_a_new_run(tmp_path, monkeypatch):
+    """A wandb_run.json cut short (a kill mid-write) must not stop `vsae eval --wandb` with a traceback."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    store = synthetic_store(tmp_path / "s", d=16, atoms=32, tokens=8000)
+    args = ("--store", store, "--k", "4", "--dict-size", "64", "--steps", "5", "--arch", "topk")
+    run_cli("train", *args, "--out", tmp_path / "o", "--wandb", "proj")
+    folder = tmp_path / "o" / "topk_64_k4_s0"
+    (folder / "wandb_run.json").write_text('{"project": "pr')
+    run_cli("eval", folder, "--no-ce", "--wandb", "proj")
+    assert json.loads((folder / "wandb_run.json").read_text())["project"] == "proj"
+    assert len(read_runs(folder)["ids"]) == 2

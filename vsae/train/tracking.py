@@ -35,7 +35,10 @@ def open_run(project: str, folder: Path, config: dict, resume: bool = False):
     wandb = _wandb()
     folder.mkdir(parents=True, exist_ok=True)
     id_path = folder / ID_FILE
-    known = json.loads(id_path.read_text()) if id_path.exists() else {}
+    try:
+        known = json.loads(id_path.read_text()) if id_path.exists() else {}
+    except (OSError, ValueError):  # unreadable (a kill mid-write): start a new W&B run
+        known = {}
     run_id = known.get("id") if (resume or known.get("project") == project) else None
     run = wandb.init(
         project=project,
@@ -47,9 +50,9 @@ def open_run(project: str, folder: Path, config: dict, resume: bool = False):
         reinit="create_new",
         settings=wandb.Settings(silent=True, console="off"),
     )
-    id_path.write_text(
-        json.dumps({"project": project, "id": run.id, "mode": os.environ.get("WANDB_MODE", "")})
-    )
+    tmp = id_path.with_name(id_path.name + ".tmp")
+    tmp.write_text(json.dumps({"project": project, "id": run.id, "mode": os.environ.get("WANDB_MODE", "")}))
+    tmp.replace(id_path)  # whole or absent
     return run
 
 
