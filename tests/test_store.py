@@ -76,7 +76,7 @@ def reference(tmp_path_factory, tiny_model):
 
 
 @pytest.mark.parametrize(
-    "point", ["commit-start:3", "commit-mid:2", "commit-before-progress:4", "commit-end:5"]
+    "point", ["layout:1", "commit-start:3", "commit-mid:2", "commit-before-progress:4", "commit-end:5"]
 )
 def test_resume_after_kill_gives_identical_store(tiny_model, reference, tmp_path, point):
     store = tmp_path / "acts"

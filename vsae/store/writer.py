@@ -62,7 +62,7 @@ def prepare_table(
     """Create the table's arrays (or check that a partial one was started with the same config).
     Run by one process before any writer attaches."""
     exists = path in root and "activations" in root[path]
-    if exists and force:
+    if exists and (force or _nothing_committed(root[path])):
         del root[path]
         exists = False
     if not exists:
@@ -87,6 +87,14 @@ def prepare_table(
         )
 
 
+def _nothing_committed(group: zarr.Group) -> bool:
+    """A partial table killed while being laid out or before its first shard was marked holds nothing
+    to keep: it is laid out again. (A table with data but no `committed` array is an older vsae's.)"""
+    if "committed" in group:
+        return not np.asarray(group["committed"][:]).any()
+    return "activations" not in group
+
+
 def _create(
     root, path, d, config, provenance, max_tokens, chunk_tokens, shard_chunks, vocab_size, ctx_len, level
 ):
@@ -109,16 +117,8 @@ def _create(
             overwrite=True,
         )
 
-    array("activations", (max_tokens, d), (chunk_tokens, d), STORAGE_DTYPES[dtype], (shard, d))
-    if dtype == "int8":
-        array("scales", (max_tokens,), (chunk_tokens,), "float32", (shard,))
-    array("tokens", (max_tokens,), (chunk_tokens,), tok, (shard,))
-    array("doc_pos", (max_tokens, 3), (chunk_tokens, 3), "int32", (shard, 3))
-    array("contexts", (0, ctx_len), (max(1, chunk_tokens // ctx_len), ctx_len), tok)
-    # statistics and commit marks: one object per shard, so parallel writers never share one
-    array("chunk_sum", (n_chunks, d), (shard_chunks, d), "float64")
-    array("chunk_sumsq", (n_chunks,), (shard_chunks,), "float64")
-    array("committed", (n_shards,), (1,), "int64")
+    # the attributes, then the commit marks: a kill while the rest is laid out leaves a table that
+    # `vsae info` reads as partial and the next harvest lays out again (see _nothing_committed)
     group.attrs.update(
         {
             "format": "vsae-store",
@@ -131,6 +131,17 @@ def _create(
             "provenance": provenance,
         }
     )
+    array("committed", (n_shards,), (1,), "int64")
+    array("activations", (max_tokens, d), (chunk_tokens, d), STORAGE_DTYPES[dtype], (shard, d))
+    failpoint("layout")
+    if dtype == "int8":
+        array("scales", (max_tokens,), (chunk_tokens,), "float32", (shard,))
+    array("tokens", (max_tokens,), (chunk_tokens,), tok, (shard,))
+    array("doc_pos", (max_tokens, 3), (chunk_tokens, 3), "int32", (shard, 3))
+    array("contexts", (0, ctx_len), (max(1, chunk_tokens // ctx_len), ctx_len), tok)
+    # statistics: one object per shard, so parallel writers never share one
+    array("chunk_sum", (n_chunks, d), (shard_chunks, d), "float64")
+    array("chunk_sumsq", (n_chunks,), (shard_chunks,), "float64")
 
 
 def committed_tokens(group: zarr.Group) -> int:
