@@ -47,10 +47,10 @@ def _vsae(arch, d, f, k):
     from vsae.archs.registry import build_config, train_defaults
     from vsae.archs.sae import SAE, StepContext
     from vsae.archs.steps import make_generator
-    from vsae.train.run import project_radial
+    from vsae.train.run import adam, project_radial
 
     model = SAE(build_config(arch, d, f, {"k": k} if arch == "topk" else {}))
-    opt = torch.optim.Adam(model.parameters(), lr=train_defaults(arch, f)["lr"])
+    opt = adam(model.parameters(), lr=train_defaults(arch, f)["lr"])
     dead = torch.zeros(f, dtype=torch.bool)
     gen = make_generator(0, 1)
 

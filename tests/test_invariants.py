@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from vsae.archs import priors
+from vsae.archs import cpu_topk, priors
 from vsae.archs.checkpoint import convert_space, load_sae, write_checkpoint
+from vsae.archs.cpu_topk import BLOCK
 from vsae.archs.registry import ARCHS, build_config
 from vsae.archs.sae import SAE, TERM_KEYS, StepContext
-from vsae.archs.select import batch_topk_mask, scores, select_csr, topk_mask
+from vsae.archs.select import batch_topk_mask, row_topk, scores, select_csr, topk_mask
 from vsae.archs.steps import EPS_STREAM, INIT_STREAM, make_generator, n_steps
 from vsae.errors import VsaeError
 from vsae.train.schedules import Schedule
@@ -373,25 +374,38 @@ def test_invariant_jumprelu_threshold_gradients_and_projection():
     assert (m.threshold == 1e-6).all()
 
 
-def test_sparse_decode_and_encoder_backward_match_dense():
-    from vsae.archs.sparse import encode_linear, sparse_decode
+@pytest.mark.parametrize("k", [4, 100])  # 4 of 512: the CSR backward; 100: denser than the limit
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_sparse_decode_and_encoder_backward_match_dense(k, x_grad):
+    """encode_linear, selected_linear and sparse_decode give autograd's gradients, for x too when x asks
+    for one (training data does not, and its gradient is then skipped)."""
+    from vsae.archs.select import select_csr
+    from vsae.archs.sparse import encode_linear, selected_linear, sparse_decode
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(40, D, generator=g)
-    w_enc = torch.randn(D, 512, generator=g).requires_grad_()
-    b_enc = torch.zeros(512).requires_grad_()
-    w_dec = torch.randn(512, D, generator=g).requires_grad_()
-    target = torch.randn(40, D, generator=g)
+    x = torch.randn(40, D, generator=g, dtype=torch.float64).requires_grad_(x_grad)
+    w_enc = torch.randn(D, 512, generator=g, dtype=torch.float64).requires_grad_()
+    b_enc = torch.zeros(512, dtype=torch.float64).requires_grad_()
+    w_dec = torch.randn(512, D, generator=g, dtype=torch.float64).requires_grad_()
+    target = torch.randn(40, D, generator=g, dtype=torch.float64)
+    wrt = [w_enc, b_enc, w_dec] + [x] * x_grad
     grads = []
-    for sparse in (True, False):
-        z = encode_linear(x, w_enc, b_enc) if sparse else x @ w_enc + b_enc
-        mask = topk_mask(z.abs(), None, 4)
-        f = z * mask
-        x_hat = sparse_decode(f, mask, w_dec) if sparse else f @ w_dec
+    for path in ("encode_linear", "selected_linear", "autograd"):
+        z = encode_linear(x, w_enc, b_enc) if path == "encode_linear" else x @ w_enc + b_enc
+        mask = topk_mask(z.abs(), None, k)
+        if path == "selected_linear":
+            crow, cols, rows = select_csr(z.detach().abs(), None, k, False, per_batch=False)
+            f = torch.zeros_like(z).index_put(
+                (rows, cols), selected_linear(x, w_enc, b_enc, z.detach(), crow, cols, rows)
+            )
+        else:
+            f = z * mask
+        x_hat = f @ w_dec if path == "autograd" else sparse_decode(f, mask, w_dec)
         loss = (target - x_hat).square().sum()
-        grads.append([*torch.autograd.grad(loss, [w_enc, b_enc, w_dec]), x_hat.detach()])
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+        grads.append([*torch.autograd.grad(loss, wrt), x_hat.detach()])
+    for got in grads[:2]:
+        for a, b in zip(got, grads[2], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_invariant_resampling_and_lp_declared_by_the_registry_not_by_name():
@@ -459,6 +473,55 @@ def test_invariant_batch_topk_candidate_search_is_exact():
         assert torch.equal(mask.reshape(-1), ref), dominant
         if dominant:
             assert int(mask[3].sum()) == 80  # more than its 4·5 = 20 candidates
+
+
+def _wide_scores_with_hard_rows(n: int = 24, f: int = 4096 + 7, seed: int = 0) -> torch.Tensor:
+    """Wide enough for the CPU kernel's block prefilter, with rows built to defeat it: coarse ties everywhere,
+    the best entries crowded into one block, equal block maxima at the cut, a row of -inf but a few entries,
+    a constant row, and a width that leaves a tail past the last whole block."""
+    g = torch.Generator().manual_seed(seed)
+    score = torch.randn(n, f, generator=g)
+    score[0] = score[0].round(decimals=0)  # heavy ties
+    nb = f // BLOCK
+    score[1, 5 : BLOCK * nb : nb] += 50.0  # one block (entries 5, 5 + nb, …) holds the row's best 16
+    score[5, -3:] += 50.0  # the best entries in the tail
+    score[2, :: BLOCK * 3] = 9.0  # one equal maximum in many blocks
+    score[3] = -torch.inf
+    score[3, 100:103] = 1.0
+    score[4] = 0.0
+    return score
+
+
+@pytest.mark.parametrize("kk", [1, 6, 16])
+def test_invariant_row_topk_prefilter_finds_torch_topk(kk):
+    """The CPU kernel returns a stable sort's first kk entries (torch.topk's values; among ties the lower
+    index), on random rows and on rows built against its prefilter (ties, one crowded block, -inf)."""
+    score = _wide_scores_with_hard_rows()
+    assert cpu_topk.applies(score, kk) and score.shape[1] // BLOCK >= 2 * kk  # the prefilter path
+    for m in (score, score.double(), score[:, : 64 * 7]):  # fp32, fp64, too narrow for the prefilter
+        vals, idx = row_topk(m, kk)
+        assert torch.equal(vals, torch.topk(m, kk, dim=-1).values)
+        assert torch.equal(idx, torch.sort(-m, dim=-1, stable=True).indices[:, :kk])
+
+
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_invariant_wide_selection_matches_a_stable_sort_reference(per_batch):
+    """At widths where the prefilter runs, the tie rule still picks a stable sort's first k per row (or k·N
+    over the batch), the lower (flat) index winning among equal scores; -inf is never picked."""
+    score = _wide_scores_with_hard_rows(seed=1)
+    k = 6
+    if per_batch:
+        order = torch.sort(-score.reshape(-1), stable=True).indices[: k * score.shape[0]]
+        ref = torch.zeros(score.numel(), dtype=torch.bool)
+        ref[order] = True
+        ref &= score.reshape(-1) > -torch.inf
+        assert torch.equal(batch_topk_mask(score, None, k).reshape(-1), ref)
+        return
+    order = torch.sort(-score, dim=-1, stable=True).indices[:, :k]
+    ref = torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True) & (score > -torch.inf)
+    assert torch.equal(topk_mask(score, None, k), ref)
+    crow, cols, rows = select_csr(score, None, k, False, per_batch=False)
+    assert torch.equal(torch.zeros_like(ref).index_put_((rows, cols), torch.tensor(True)), ref)
 
 
 @pytest.mark.parametrize("positive", [True, False])

@@ -15,7 +15,7 @@ from vsae.errors import NonFiniteLoss
 from vsae.store.table import open_table
 from vsae.train.config import TrainConfig
 from vsae.train.loop import train
-from vsae.train.run import SAESpec
+from vsae.train.run import SAESpec, adam
 
 
 @pytest.fixture(scope="session")
@@ -112,13 +112,29 @@ def test_invariant_dead_counters_and_t_dead(synth, tmp_path):
         assert run.t_dead == expected
 
 
+def test_trainer_adam_follows_the_adam_formula_over_steps():
+    """The fused optimiser the trainer builds takes Adam's bias-corrected steps (Kingma & Ba, Algorithm 1)."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(64, 8, generator=g, dtype=torch.float64))
+    ref, m, v = p.detach().clone(), torch.zeros_like(p), torch.zeros_like(p)
+    opt = adam([p], lr=1e-2, betas=(0.8, 0.99), eps=1e-6)
+    assert opt.defaults["fused"]
+    for t in range(1, 6):
+        grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+        p.grad = grad.clone()
+        opt.step()
+        m, v = 0.8 * m + 0.2 * grad, 0.99 * v + 0.01 * grad.square()
+        ref -= 1e-2 * (m / (1 - 0.8**t)) / ((v / (1 - 0.99**t)).sqrt() + 1e-6)
+        torch.testing.assert_close(p.detach(), ref, rtol=1e-12, atol=1e-12)
+
+
 def _resample_setup(seed=0):
     from vsae.archs.registry import build_config
     from vsae.archs.sae import SAE, StepContext
     from vsae.archs.steps import make_generator
 
     model = SAE(build_config("standard", 16, 64, {}), seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = adam(model.parameters(), lr=1e-3)  # the trainer's optimiser (fused), whose moments resampling edits
     x = torch.randn(128, 16, generator=torch.Generator().manual_seed(0))
     model.loss_terms(x, StepContext(generator=make_generator(0, 1))).loss.backward()
     opt.step()

@@ -6,6 +6,16 @@ import math
 
 import torch
 
+from vsae.archs import cpu_topk
+
+
+def row_topk(score: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk(score, kk, dim=-1) of a [N, F] matrix, by the one-pass CPU kernel where it applies (the
+    same sorted values; tied indices may differ, as torch.topk's own order of ties is unspecified)."""
+    if cpu_topk.applies(score, kk):
+        return cpu_topk.row_topk(score, kk)
+    return torch.topk(score, kk, dim=-1)
+
 
 def _select(
     score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool, rows: int = 1
@@ -23,7 +33,7 @@ def _select(
     if eligible is not None:
         score = torch.where(eligible, score, torch.full_like(score, -torch.inf))
     kk = min(k + 1, score.shape[-1])
-    vals, idx = torch.topk(score, kk, dim=-1) if rows == 1 else _flat_topk(score, kk, rows)
+    vals, idx = _flat_topk(score, kk, rows) if rows > 1 else row_topk(score, kk)
     v = vals[..., k - 1 : k]
     floor = 0.0 if positive else -torch.inf
     if kk == k:  # every entry is selected: nothing can straddle
@@ -45,7 +55,7 @@ def _flat_topk(flat: torch.Tensor, k: int, rows: int) -> tuple[torch.Tensor, tor
     exact unless some row's m-th candidate reaches the k-th value, in which case the full search runs."""
     score = flat.reshape(rows, -1)
     m = min(score.shape[1], 4 * math.ceil(k / rows))
-    cand, cand_idx = torch.topk(score, m, dim=-1)
+    cand, cand_idx = row_topk(score, m)
     vals, pick = torch.topk(cand.reshape(1, -1), k, dim=-1)
     if m < score.shape[1] and bool((cand[:, -1] >= vals[0, -1]).any()):
         return torch.topk(flat, k, dim=-1)  # a row may hold more of the top k than its candidates

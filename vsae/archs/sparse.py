@@ -74,12 +74,17 @@ def sparse_decode(f: torch.Tensor, mask: torch.Tensor, w_dec: torch.Tensor) -> t
     return csr_decode(f[rows, cols], crow, cols, rows, w_dec)
 
 
-def _linear_grads(x, w, crow, cols, rows, vals, shape):
-    """Gradients of u = x W + b for an incoming gradient that is the CSR matrix (crow, cols, vals)."""
-    grad_b = torch.zeros(shape[1], dtype=vals.dtype, device=vals.device).index_add_(0, cols, vals)
-    grad_x = torch.sparse_csr_tensor(crow, cols, vals, shape) @ w.T.contiguous()
-    st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (shape[1], shape[0]))
-    grad_w = torch.sparse.mm(st, x).T
+def _linear_grads(x, w, crow, cols, rows, vals, shape, needs=(True, True, True)):
+    """Gradients of u = x W + b for an incoming gradient that is the CSR matrix (crow, cols, vals); only
+    those `needs` asks for (training data needs none: its W.T copy and product are skipped)."""
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        grad_x = torch.sparse_csr_tensor(crow, cols, vals, shape) @ w.T.contiguous()
+    if needs[1]:
+        st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (shape[1], shape[0]))
+        grad_w = torch.sparse.mm(st, x).T
+    if needs[2]:
+        grad_b = torch.zeros(shape[1], dtype=vals.dtype, device=vals.device).index_add_(0, cols, vals)
     return grad_x, grad_w, grad_b
 
 
@@ -94,9 +99,10 @@ class _EncodeLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         grad = grad.to(x.dtype)  # under bf16 autocast the incoming gradient may be bf16
         if _density(grad) > DENSITY_LIMIT:  # counted on the gradient itself: no N×F mask for dense codes
-            return grad @ w.T, x.T @ grad, grad.sum(0)
+            needs = ctx.needs_input_grad
+            return (grad @ w.T if needs[0] else None, x.T @ grad if needs[1] else None, grad.sum(0))
         crow, cols, rows = _csr(grad != 0)
-        return _linear_grads(x, w, crow, cols, rows, grad[rows, cols], grad.shape)
+        return _linear_grads(x, w, crow, cols, rows, grad[rows, cols], grad.shape, ctx.needs_input_grad)
 
 
 def encode_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -115,7 +121,8 @@ class _SelectedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_vals):
         x, w, crow, cols, rows = ctx.saved_tensors
-        grads = _linear_grads(x, w, crow, cols, rows, grad_vals.to(x.dtype), (x.shape[0], w.shape[1]))
+        shape = (x.shape[0], w.shape[1])
+        grads = _linear_grads(x, w, crow, cols, rows, grad_vals.to(x.dtype), shape, ctx.needs_input_grad[:3])
         return (*grads, None, None, None, None)
 
 

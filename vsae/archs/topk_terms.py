@@ -33,8 +33,10 @@ def auxk(
         raw["auxk"] = torch.zeros((), device=x.device)
         return raw["auxk"]
     e = (x - x_hat).detach()
-    k = min(k_aux, int(dead.sum()))
-    crow, cols, rows = select_csr(score, dead.expand_as(score), k, positive, per_batch=False)
+    dead_idx = dead.nonzero().squeeze(1)  # ascending, so the lower index still wins a tie
+    k = min(k_aux, len(dead_idx))
+    crow, cols, rows = select_csr(score[:, dead_idx], None, k, positive, per_batch=False)
+    cols = dead_idx[cols]
     e_hat = sparse.csr_decode(values_at(crow, cols, rows), crow, cols, rows, w_dec)
     denom = (e - e.mean(dim=0)).square().sum().clamp_min(1e-12)
     aux = (e - e_hat).square().sum() / denom

@@ -92,7 +92,7 @@ class SAERun:
         if world.active:  # DDP arms its gradient all-reduce in its own forward
             self.loss_module = torch.nn.parallel.DistributedDataParallel(self.loss_module)
         self.names = [n for n, _ in self.model.named_parameters()]
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=self.betas, eps=tcfg.eps)
+        self.opt = adam(self.model.parameters(), lr=self.lr, betas=self.betas, eps=tcfg.eps)
         self.schedule = Schedule.derive(
             total,
             tcfg.lr_warmup_frac,
@@ -351,6 +351,14 @@ class _LossModule(torch.nn.Module):
 
 
 @torch.no_grad()
+def adam(params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.Adam:
+    """Adam as one fused kernel per parameter where torch has one (CPU and CUDA): the same update, about 5×
+    faster than the multi-tensor form on CPU (bench/RESULTS.md, "Training step against the peers")."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused)
+
+
 def project_radial(w_dec: torch.nn.Parameter) -> None:
     """Remove each atom gradient's component along the atom (unit policy, before clipping)."""
     if w_dec.grad is None:
