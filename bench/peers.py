@@ -47,7 +47,10 @@ def _vsae(arch, d, f, k):
     from vsae.archs.registry import build_config, train_defaults
     from vsae.archs.sae import SAE, StepContext
     from vsae.archs.steps import make_generator
+    from vsae.train.heap import reuse_freed_memory
     from vsae.train.run import adam, project_radial
+
+    reuse_freed_memory()  # as `vsae train` does on the CPU
 
     model = SAE(build_config(arch, d, f, {"k": k} if arch == "topk" else {}))
     opt = adam(model.parameters(), lr=train_defaults(arch, f)["lr"])

@@ -458,7 +458,7 @@ def test_invariant_fused_topk_step_equals_the_dense_step(arch, with_dead, ties):
     assert float(fused.l0_train) == float(dense.l0_train)
 
 
-def test_invariant_batch_topk_candidate_search_is_exact():
+def test_invariant_batch_topk_candidate_search_is_exact(topk_path):
     """Each row's top candidates suffice unless one row holds many of the batch's best scores: then the
     full search runs. Either way the choice is the stable-sort reference (ties to the lower flat index)."""
     g = torch.Generator().manual_seed(0)
@@ -504,8 +504,17 @@ def test_invariant_row_topk_prefilter_finds_torch_topk(kk):
         assert torch.equal(idx, torch.sort(-m, dim=-1, stable=True).indices[:, :kk])
 
 
+@pytest.fixture(params=["cpu kernel", "torch.topk"])
+def topk_path(request, monkeypatch):
+    """Selection through the CPU kernel (already stable among ties) and through torch.topk (as on a GPU,
+    where the tie rule rests on re-ranking the rows with a tie at the cut)."""
+    if request.param == "torch.topk":
+        monkeypatch.setattr(cpu_topk, "applies", lambda score, kk: False)
+    return request.param
+
+
 @pytest.mark.parametrize("per_batch", [False, True])
-def test_invariant_wide_selection_matches_a_stable_sort_reference(per_batch):
+def test_invariant_wide_selection_matches_a_stable_sort_reference(per_batch, topk_path):
     """At widths where the prefilter runs, the tie rule still picks a stable sort's first k per row (or k·N
     over the batch), the lower (flat) index winning among equal scores; -inf is never picked."""
     score = _wide_scores_with_hard_rows(seed=1)
@@ -526,7 +535,7 @@ def test_invariant_wide_selection_matches_a_stable_sort_reference(per_batch):
 
 @pytest.mark.parametrize("positive", [True, False])
 @pytest.mark.parametrize("k", [1, 3, 11, 12])
-def test_invariant_selection_matches_a_stable_sort_reference_under_heavy_ties(k, positive):
+def test_invariant_selection_matches_a_stable_sort_reference_under_heavy_ties(k, positive, topk_path):
     """Scores from {-1, 0, 1, 2, 3} tie everywhere; the choice must be exactly a stable sort's first k
     (lower index wins) among eligible entries (score > 0 when positive), per row and over the batch."""
     gen = torch.Generator().manual_seed(k + 100 * positive)

@@ -21,14 +21,15 @@ def _select(
     score: torch.Tensor, eligible: torch.Tensor | None, k: int, positive: bool, rows: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
     """The k highest eligible scores along the last axis, ties broken towards lower indices: either
-    (idx, keep) from torch.topk when its choice already obeys the rule, or the explicit mask.
+    (idx, keep), or for batch top-k with a tie at the cut, the explicit mask.
 
-    eligible None: every entry (or, with positive=True, exactly those with score > 0). Fast path:
-    torch.topk of k + 1: a tie straddles the k-th place exactly when the (k+1)-th score equals the k-th
-    (no extra pass over the N×F scores). Only if one does, the explicit rule runs: keep every eligible
-    entry above the k-th score v, then fill the remaining places with the lowest-index entries equal to v
-    (torch.topk leaves the order of ties unspecified).
-    `rows` > 1: `score` is a flattened [1, rows·F] matrix (batch top-k), searched through row candidates.
+    eligible None: every entry (or, with positive=True, exactly those with score > 0). Fast path: the top
+    k + 1: a tie straddles the k-th place exactly when the (k+1)-th score equals the k-th (no extra pass
+    over the N×F scores). Only where one does, the rule is applied explicitly, since torch.topk leaves the
+    order of ties unspecified: per row, a stable sort of that row alone; over a flattened batch, keep every
+    eligible entry above the k-th score v, then fill the remaining places with the lowest-index entries
+    equal to v. `rows` > 1: `score` is a flattened [1, rows·F] matrix (batch top-k), searched through row
+    candidates.
     """
     if eligible is not None:
         score = torch.where(eligible, score, torch.full_like(score, -torch.inf))
@@ -40,14 +41,30 @@ def _select(
         straddles = torch.zeros_like(v, dtype=torch.bool)
     else:
         straddles = (vals[..., k : k + 1] == v) & (v > floor)
-    vals, idx = vals[..., :k], idx[..., :k]
+    vals, idx = vals[..., :k].contiguous(), idx[..., :k].contiguous()
+    keep = vals > floor
     if not bool(straddles.any()):
-        return idx, vals > floor
+        return idx, keep
+    if rows == 1:
+        _rerank_rows(score, straddles.reshape(-1), floor, idx.view(-1, k), keep.view(-1, k))
+        return idx, keep
     ok = score > floor
     above = (score > v) & ok
     tied = (score == v) & ok
     room = k - above.sum(dim=-1, keepdim=True)
     return above | (tied & (tied.cumsum(dim=-1) <= room))
+
+
+def _rerank_rows(score, which, floor: float, idx, keep) -> None:
+    """Overwrite rows `which` of (idx, keep) [rows, k] with a stable descending sort of those rows of
+    `score` (equal scores keep index order: the lower index wins); entries at or below `floor` are not kept."""
+    r = which.nonzero().squeeze(1)
+    rows = score.reshape(-1, score.shape[-1])[r]
+    rows = torch.where(rows > floor, rows, torch.full_like(rows, -torch.inf))
+    top, order = torch.sort(rows, dim=-1, descending=True, stable=True)
+    k = idx.shape[1]
+    idx[r] = order[:, :k]
+    keep[r] = top[:, :k] > floor
 
 
 def _flat_topk(flat: torch.Tensor, k: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:

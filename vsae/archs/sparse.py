@@ -34,6 +34,15 @@ def _csr(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return crow, cols, rows
 
 
+def _transposed_mm(cols, rows, vals, n: int, f: int, dense: torch.Tensor) -> torch.Tensor:
+    """Sᵀ · dense for the [n, f] matrix S with entries (rows, cols, vals), through the CSR form of Sᵀ (the
+    entries ordered by column): half the time of the same product from COO on the CPU."""
+    order = torch.argsort(cols, stable=True)  # stable: row indices stay ascending within each column
+    crow_t = torch.zeros(f + 1, dtype=torch.int64, device=cols.device)
+    crow_t[1:] = torch.bincount(cols, minlength=f).cumsum(0)
+    return torch.sparse_csr_tensor(crow_t, rows[order], vals[order], (f, n)) @ dense
+
+
 class _CSRDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vals, crow, cols, rows, w_dec):
@@ -52,8 +61,7 @@ class _CSRDecode(torch.autograd.Function):
             pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), shape)
             grad_vals = torch.sparse.sampled_addmm(pattern, grad_out.contiguous(), w_dec.T, beta=0.0).values()
         if ctx.needs_input_grad[4]:
-            st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (shape[1], shape[0]))
-            grad_w = torch.sparse.mm(st, grad_out)
+            grad_w = _transposed_mm(cols, rows, vals, shape[0], w_dec.shape[0], grad_out)
         return grad_vals, None, None, None, grad_w
 
 
@@ -81,8 +89,7 @@ def _linear_grads(x, w, crow, cols, rows, vals, shape, needs=(True, True, True))
     if needs[0]:
         grad_x = torch.sparse_csr_tensor(crow, cols, vals, shape) @ w.T.contiguous()
     if needs[1]:
-        st = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (shape[1], shape[0]))
-        grad_w = torch.sparse.mm(st, x).T
+        grad_w = _transposed_mm(cols, rows, vals, shape[0], shape[1], x).T
     if needs[2]:
         grad_b = torch.zeros(shape[1], dtype=vals.dtype, device=vals.device).index_add_(0, cols, vals)
     return grad_x, grad_w, grad_b

@@ -27,6 +27,7 @@ from vsae.train.checkpoints import (
     save,
 )
 from vsae.train.config import TrainConfig
+from vsae.train.heap import reuse_freed_memory
 from vsae.train.run import SAERun, SAESpec
 from vsae.train.tracking import Tracker
 from vsae.train.view import live_table, summary_table
@@ -52,6 +53,7 @@ def train(
     for spec in specs:
         check_arch(spec.arch)
     tcfg.validate()
+    reuse_freed_memory()
     table = open_table(store, model, site, layer)
     world = setup_world(tcfg.device)
     total = _total_steps(tcfg, table, world.size)
