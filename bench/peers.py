@@ -174,6 +174,9 @@ def _dense_torch(arch, d, f, k):
 def _encoder_matmul(arch, d, f, k):
     import torch
 
+    from vsae.train.heap import reuse_freed_memory
+
+    reuse_freed_memory()  # the same heap setting as vsae's step: the floor without page faults
     w, b = torch.randn(d, f), torch.zeros(f)
 
     def step(x, t):  # the floor: the encoder's forward matmul alone (same N, D, F)
