@@ -23,3 +23,7 @@ $V train --store .gpu/acts --config bench/sweep_l1_1m.toml --device cuda --out /
 $V eval /tmp/l1 --ce-windows 24 --json $OUT/l1_1m.json > /dev/null 2>&1
 # issue #13: topk F = 16,384 from the store, one SAE (tokens/s in the summary table)
 $V train --store .gpu/acts --arch topk --dict-size 16384 --k 32 --batch-size 4096 --tokens 20000000 --device cuda --out /tmp/t16k 2>&1 | tail -6 | tee $OUT/topk16k.log
+# issue #13: harvest ÷ bare forward with a model of SmolLM2's shape and random weights (no weights on the
+# device). Prepare here: `python bench/harvest_overhead.py --save-shape .gpu/smollm2-shape` (3.4 MB, carried
+# with .gpu).
+python3 bench/harvest_overhead.py --random-init .gpu/smollm2-shape --device cuda --tokens 200000 --batch-size 64 2>&1 | tail -4 | tee $OUT/harvest_overhead.log

@@ -1,6 +1,11 @@
 """Harvest tokens/s ÷ the bare forward pass (same model, windows, batches, early stop).
 
 python bench/harvest_overhead.py [--model smollm2-135m] [--layer 3] [--tokens 20000] [--device cpu]
+python bench/harvest_overhead.py --random-init .gpu/smollm2-shape --device cuda   # SmolLM2's shape, random weights
+
+`--random-init DIR` takes a folder holding only a model's config.json and tokenizer files (a few MB; write one
+with `--save-shape DIR` where the model is at hand) and times a model of that shape with random weights, so a
+machine without the weights (a lent GPU) measures the same ratio.
 
 Shards of one 4096-token chunk by default: a harvest compresses shard s while it computes shard s + 1, and
 only the last shard's compression is not overlapped. At 20k tokens one default 64k-token shard would
@@ -24,6 +29,16 @@ from vsae.harvest.sites import resolve_site
 from vsae.harvest.text import TextSource, documents, pack
 
 
+def random_model(shape_dir: str, out: str) -> str:
+    """A model of the config in `shape_dir` with random weights, saved with its tokenizer under `out`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(shape_dir)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(shape_dir).save_pretrained(out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -38,9 +53,23 @@ def main() -> None:
         help="commit unit; small so a short run overlaps like a long one",
     )
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--random-init", metavar="DIR", help="config.json + tokenizer: that shape, random weights"
+    )
+    ap.add_argument(
+        "--save-shape", metavar="DIR", help="write --model's config.json and tokenizer to DIR, exit"
+    )
     args = ap.parse_args()
     from nnsight.modeling.transformers import TransformersModel
 
+    if args.save_shape:
+        loaded = load_model(args.model)
+        loaded.model.config.save_pretrained(args.save_shape)
+        loaded.tokenizer.save_pretrained(args.save_shape)
+        return
+    scratch = tempfile.TemporaryDirectory()
+    if args.random_init:
+        args.model = random_model(args.random_init, scratch.name)
     loaded = load_model(args.model)
     model = loaded.model.to(args.device)
     lm = TransformersModel(model, tokenizer=loaded.tokenizer, task="text-generation")
