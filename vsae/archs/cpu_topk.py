@@ -14,15 +14,15 @@ thread count (the kernel releases the GIL).
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-try:
-    import numba
-except ImportError:  # the torch.topk path serves; nothing else changes
-    numba = None
+# imported on first use (0.4 s); without numba the torch.topk path serves and nothing else changes
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 BLOCK = 16
 
@@ -30,7 +30,7 @@ BLOCK = 16
 def applies(score: torch.Tensor, kk: int) -> bool:
     """The kernel serves a 2-D, contiguous fp32/fp64 CPU matrix without autograd."""
     return (
-        numba is not None
+        HAVE_NUMBA
         and score.device.type == "cpu"
         and score.dim() == 2
         and score.dtype in (torch.float32, torch.float64)
@@ -52,18 +52,21 @@ def row_topk(score: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         step = -(-n // threads)
         parts = [(s, min(n, s + step)) for s in range(0, n, step)]
-        list(_pool(threads).map(lambda p: _kernel()(a, kk, vals, idx, *p), parts))
+        list(_pool(threads, os.getpid()).map(lambda p: _kernel()(a, kk, vals, idx, *p), parts))
     return torch.from_numpy(vals), torch.from_numpy(idx)
 
 
 @functools.cache
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per thread count and process (a forked child inherits a pool without its threads)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="vsae-topk")
 
 
 @functools.cache
 def _kernel():
     """Compiled on first use (a few seconds, then cached on disk by numba)."""
+    import numba
+
     jit = functools.partial(numba.njit, cache=True, nogil=True)
 
     @jit(fastmath=True)
