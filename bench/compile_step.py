@@ -2,6 +2,7 @@
 
 python bench/peers.py dump --store <store> --out /tmp/acts.npy   # once
 python bench/compile_step.py /tmp/acts.npy topk eager && python bench/compile_step.py /tmp/acts.npy topk compile
+python bench/compile_step.py /tmp/acts.npy topk compile cuda   # a fourth argument: the device
 """
 
 import sys
@@ -20,12 +21,20 @@ from vsae.train.run import adam, project_radial
 reuse_freed_memory()
 torch.set_num_threads(2)
 path, arch, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
 acts = np.load(path, mmap_mode="r")[: 4096 * 14].astype(np.float32)
-bs = _batches(acts, 4096, 13)
+bs = [b.to(device) for b in _batches(acts, 4096, 13)]
 f = 9216
-model = SAE(build_config(arch, 576, f, {"k": 32} if arch == "topk" else {}))
+model = SAE(build_config(arch, 576, f, {"k": 32} if arch == "topk" else {})).to(device)
 opt = adam(model.parameters(), lr=train_defaults(arch, f)["lr"])
-dead = torch.zeros(f, dtype=torch.bool)
+dead = torch.zeros(f, dtype=torch.bool, device=device)
+
+
+def sync():
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
 gen = make_generator(0, 1)
 
 
@@ -50,10 +59,12 @@ def step(x, t):
 t0 = time.perf_counter()
 for t in range(3):
     step(bs[t], t)
+sync()
 warm = time.perf_counter() - t0
 ts = []
 for t in range(3, 11):
     a = time.perf_counter()
     step(bs[t], t)
+    sync()
     ts.append(time.perf_counter() - a)
 print(f"{arch} {mode}: warm-up {warm:.1f} s, {np.median(ts) * 1e3:.0f} ms/step")

@@ -27,3 +27,6 @@ $V train --store .gpu/acts --arch topk --dict-size 16384 --k 32 --batch-size 409
 # device). Prepare here: `python bench/harvest_overhead.py --save-shape .gpu/smollm2-shape` (3.4 MB, carried
 # with .gpu).
 python3 bench/harvest_overhead.py --random-init .gpu/smollm2-shape --device cuda --tokens 200000 --batch-size 64 2>&1 | tail -4 | tee $OUT/harvest_overhead.log
+# issue #13: torch.compile of the step on the GPU (eager first), from 60k store tokens
+python3 bench/peers.py dump --store .gpu/acts --tokens 60000 --out /tmp/acts.npy > /dev/null
+for arch in topk standard; do for mode in eager compile; do python3 bench/compile_step.py /tmp/acts.npy $arch $mode cuda 2>&1 | tail -1 | tee -a $OUT/compile.log; done; done
