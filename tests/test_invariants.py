@@ -498,6 +498,7 @@ def test_invariant_row_topk_prefilter_finds_torch_topk(kk):
     index), on random rows and on rows built against its prefilter (ties, one crowded block, -inf)."""
     score = _wide_scores_with_hard_rows()
     assert cpu_topk.applies(score, kk) and score.shape[1] // BLOCK >= 2 * kk  # the prefilter path
+    assert cpu_topk.applies(score.clone().requires_grad_(), kk)  # a training site's scores use it too
     for m in (score, score.double(), score[:, : 64 * 7]):  # fp32, fp64, too narrow for the prefilter
         vals, idx = row_topk(m, kk)
         assert torch.equal(vals, torch.topk(m, kk, dim=-1).values)

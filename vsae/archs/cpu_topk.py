@@ -28,13 +28,13 @@ BLOCK = 16
 
 
 def applies(score: torch.Tensor, kk: int) -> bool:
-    """The kernel serves a 2-D, contiguous fp32/fp64 CPU matrix without autograd."""
+    """The kernel serves a 2-D fp32/fp64 CPU matrix (its values come back without autograd: selection
+    needs none)."""
     return (
         HAVE_NUMBA
         and score.device.type == "cpu"
         and score.dim() == 2
         and score.dtype in (torch.float32, torch.float64)
-        and not score.requires_grad
         and 0 < kk <= score.shape[1]
     )
 

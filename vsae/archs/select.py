@@ -11,7 +11,8 @@ from vsae.archs import cpu_topk
 
 def row_topk(score: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.topk(score, kk, dim=-1) of a [N, F] matrix, by the one-pass CPU kernel where it applies (the
-    same sorted values; tied indices may differ, as torch.topk's own order of ties is unspecified)."""
+    same sorted values, without autograd; tied indices may differ, as torch.topk's own order of ties is
+    unspecified). Selection only compares the values, so no caller needs their gradient."""
     if cpu_topk.applies(score, kk):
         return cpu_topk.row_topk(score, kk)
     return torch.topk(score, kk, dim=-1)
