@@ -214,6 +214,11 @@ def run(args) -> None:
     import torch
 
     contenders = CONTENDERS[args.arch]
+    if args.only:
+        unknown = set(args.only.split(",")) - set(contenders)
+        if unknown or "vsae" not in args.only.split(","):
+            raise SystemExit(f"--only: choose vsae and some of {contenders} (unknown: {sorted(unknown)})")
+        contenders = [c for c in contenders if c in args.only.split(",")]
     times: dict[str, list[float]] = {c: [] for c in contenders}
     for r in range(args.rounds):
         for c in contenders if r % 2 == 0 else contenders[::-1]:  # alternate the order
@@ -264,6 +269,7 @@ def main() -> None:
         p.add_argument("--threads", type=int, default=2)
     sub.choices["run"].add_argument("--rounds", type=int, default=3)
     sub.choices["run"].add_argument("--peer-python", default=sys.executable)
+    sub.choices["run"].add_argument("--only", help="comma-separated contenders, vsae among them")
     sub.choices["worker"].add_argument("--contender", required=True)
     args = ap.parse_args()
     {"dump": dump, "run": run, "worker": worker}[args.cmd](args)

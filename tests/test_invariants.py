@@ -378,7 +378,8 @@ def test_invariant_jumprelu_threshold_gradients_and_projection():
 @pytest.mark.parametrize("x_grad", [False, True])
 def test_sparse_decode_and_encoder_backward_match_dense(k, x_grad):
     """encode_linear, selected_linear and sparse_decode give autograd's gradients, for x too when x asks
-    for one (training data does not, and its gradient is then skipped)."""
+    for one (training data does not, and its gradient is then skipped), and for the input shift c of
+    u = (x − c) W + b (b_dec's centring; selected_linear takes it apart from x)."""
     from vsae.archs.select import select_csr
     from vsae.archs.sparse import encode_linear, selected_linear, sparse_decode
 
@@ -387,16 +388,17 @@ def test_sparse_decode_and_encoder_backward_match_dense(k, x_grad):
     w_enc = torch.randn(D, 512, generator=g, dtype=torch.float64).requires_grad_()
     b_enc = torch.zeros(512, dtype=torch.float64).requires_grad_()
     w_dec = torch.randn(512, D, generator=g, dtype=torch.float64).requires_grad_()
+    c = torch.randn(D, generator=g, dtype=torch.float64).requires_grad_()
     target = torch.randn(40, D, generator=g, dtype=torch.float64)
-    wrt = [w_enc, b_enc, w_dec] + [x] * x_grad
+    wrt = [w_enc, b_enc, w_dec, c] + [x] * x_grad
     grads = []
     for path in ("encode_linear", "selected_linear", "autograd"):
-        z = encode_linear(x, w_enc, b_enc) if path == "encode_linear" else x @ w_enc + b_enc
+        z = encode_linear(x - c, w_enc, b_enc) if path == "encode_linear" else (x - c) @ w_enc + b_enc
         mask = topk_mask(z.abs(), None, k)
         if path == "selected_linear":
             crow, cols, rows = select_csr(z.detach().abs(), None, k, False, per_batch=False)
             f = torch.zeros_like(z).index_put(
-                (rows, cols), selected_linear(x, w_enc, b_enc, z.detach(), crow, cols, rows)
+                (rows, cols), selected_linear(x, w_enc, b_enc, z.detach(), crow, cols, rows, c)
             )
         else:
             f = z * mask
@@ -456,6 +458,27 @@ def test_invariant_fused_topk_step_equals_the_dense_step(arch, with_dead, ties):
     assert torch.equal(fused.fired, dense.fired)
     torch.testing.assert_close(fused.stats["theta_stat"], dense.stats["theta_stat"])
     assert float(fused.l0_train) == float(dense.l0_train)
+
+
+def test_fused_step_reuses_its_encoder_buffer_without_aliasing():
+    """The fused step writes u into one reused CPU buffer (archs/workspace.py): a second SAE of the same
+    shape overwrites it before the first one's backward, and neither its loss, gradients nor selection
+    may change."""
+    from vsae.archs import workspace
+
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(3))
+    models = [SAE(build_config("topk", D, 1024, {"k": 7}), seed=s) for s in (0, 1)]
+    alone = []
+    for m in models:
+        out = m.loss_terms(x, ctx(step=5))
+        alone.append((out.loss.detach(), torch.autograd.grad(out.loss, list(m.parameters()))))
+        workspace.release()  # each on a fresh buffer
+    outs = [m.loss_terms(x, ctx(step=5)) for m in models]  # the second overwrites the first's u
+    for m, out, (loss, grads) in zip(models, outs, alone, strict=True):
+        torch.testing.assert_close(out.loss.detach(), loss, rtol=0, atol=0)
+        for got, want in zip(torch.autograd.grad(out.loss, list(m.parameters())), grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert workspace.scratch((64, 1024), torch.float32, torch.device("cpu")) is not None
 
 
 def test_invariant_batch_topk_candidate_search_is_exact(topk_path):

@@ -288,9 +288,14 @@ def test_invariant_projected_gradient_is_tangent():
     m.loss_terms(x_batch(), ctx()).loss.backward()
     with torch.no_grad():
         m.W_dec.grad[3] = 0
+        m.W_dec[5] *= 3.0  # a row off the unit sphere: the projection divides by ‖d‖², not 1
+    g0, d = m.W_dec.grad.double().clone(), m.W_dec.detach().double()
     project_radial(m.W_dec)
-    g, d = m.W_dec.grad.double(), m.W_dec.double()
+    g = m.W_dec.grad.double()
     assert ((g * d).sum(1).abs() <= 1e-6 * g.norm(dim=1) + 1e-12).all()
+    unit = d / d.norm(dim=1, keepdim=True)
+    expected = g0 - (g0 * unit).sum(1, keepdim=True) * unit  # the tangential part is kept, not only ⟂
+    torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-6 * float(g0.abs().max()))
 
 
 def test_invariant_jumprelu_pseudo_derivatives_entry_by_entry():

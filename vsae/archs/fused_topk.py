@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from vsae.archs import sparse
+from vsae.archs import sparse, workspace
 from vsae.archs.select import select_csr
 
 if TYPE_CHECKING:
@@ -47,25 +47,32 @@ class SelectedCode:
     cols: Tensor
     rows: Tensor
     vals: Tensor
-    xt: Tensor
+    x: Tensor
+    shift: Tensor | None
     sae: SAE
 
     def values_at(self, crow: Tensor, cols: Tensor, rows: Tensor) -> Tensor:
         """Differentiable encoder outputs at other entries (AuxK's dead latents)."""
-        with self.sae._scores_fp32():
-            return sparse.selected_linear(self.xt, self.sae.W_enc, self.sae.b_enc, self.u, crow, cols, rows)
+        sae = self.sae
+        with sae._scores_fp32():
+            return sparse.selected_linear(self.x, sae.W_enc, sae.b_enc, self.u, crow, cols, rows, self.shift)
 
     def decode(self, w_dec: Tensor) -> Tensor:
         return sparse.csr_decode(self.vals, self.crow, self.cols, self.rows, w_dec)
 
 
-def encode_selected(sae: SAE, xt: Tensor) -> SelectedCode:
-    """Encoder output, top-k selection (value mode: u > 0 eligible, so f = u at the selected entries) and
-    the selected values, for `applies(sae, x)`."""
-    xt = xt.float()
+def encode_selected(sae: SAE, x: Tensor) -> SelectedCode:
+    """Encoder output of the raw input x (centred here by b_dec where the architecture does), top-k
+    selection (value mode: u > 0 eligible, so f = u at the selected entries) and the selected values, for
+    `applies(sae, x)`."""
+    x = x.float()
+    shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
+    dtype = torch.promote_types(x.dtype, sae.W_enc.dtype)
+    out = workspace.scratch((x.shape[0], sae.cfg.d_sae), dtype, x.device)
     with sae._scores_fp32(), torch.no_grad():
-        u = torch.addmm(sae.b_enc, xt.detach(), sae.W_enc)
+        xt = x if shift is None else x - shift
+        u = torch.addmm(sae.b_enc, xt, sae.W_enc, out=out)
     crow, cols, rows = select_csr(u, None, sae.cfg.k, True, per_batch=sae.cfg.sparsifier == "batchtopk")
-    code = SelectedCode(u, crow, cols, rows, u.new_zeros(0), xt, sae)
+    code = SelectedCode(u, crow, cols, rows, u.new_zeros(0), x, shift, sae)
     code.vals = code.values_at(crow, cols, rows)
     return code

@@ -241,14 +241,13 @@ class SAE(nn.Module):
             raise VsaeError("loss_terms needs a training-space model: load it with space='normalized'")
         cfg = self.cfg
         x = x.reshape(-1, cfg.d_in)
-        xt = self._centre(x)
         raw: dict[str, Tensor] = {}
         terms = dict.fromkeys(TERM_KEYS, torch.zeros((), device=x.device))
         norms = self.dec_norms()
         diagnostics = None
         if fused_topk.applies(self, x):
             # the fused kernel: the selected entries as CSR, no N×F autograd (same code, same loss below)
-            code = fused_topk.encode_selected(self, xt)
+            code = fused_topk.encode_selected(self, x)  # it centres x itself
             f = None
             x_hat = code.decode(self.W_dec) + self.b_dec
             aux_scores, aux_values = (code.u, True), code.values_at
@@ -256,6 +255,7 @@ class SAE(nn.Module):
             fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
             l0_train = torch.tensor(code.cols.numel() / x.shape[0])
         else:
+            xt = self._centre(x)
             mu, pi_gate = self._mean(xt)
             ell = ell_pre = None
             z = mu

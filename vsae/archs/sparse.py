@@ -121,19 +121,28 @@ def encode_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Te
 
 class _SelectedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, u, crow, cols, rows):
-        ctx.save_for_backward(x, w, crow, cols, rows)
+    def forward(ctx, x, shift, w, b, u, crow, cols, rows):
+        xt = x if shift is None else x - shift
+        ctx.save_for_backward(xt, w, crow, cols, rows)
         return u[rows, cols]
 
     @staticmethod
     def backward(ctx, grad_vals):
-        x, w, crow, cols, rows = ctx.saved_tensors
-        shape = (x.shape[0], w.shape[1])
-        grads = _linear_grads(x, w, crow, cols, rows, grad_vals.to(x.dtype), shape, ctx.needs_input_grad[:3])
-        return (*grads, None, None, None, None)
+        xt, w, crow, cols, rows = ctx.saved_tensors
+        need_x, need_shift, need_w, need_b = ctx.needs_input_grad[:4]
+        shape = (xt.shape[0], w.shape[1])
+        grad_vals = grad_vals.to(xt.dtype)
+        grad_x, grad_w, grad_b = _linear_grads(
+            xt, w, crow, cols, rows, grad_vals, shape, (need_x, need_w, need_b or need_shift)
+        )
+        grad_shift = None
+        if need_shift:  # −Σ_n ∂L/∂xt_n = −W (Σ_n ∂L/∂u_n): a [D] product, no [N, D] gradient needed
+            grad_shift = -grad_x.sum(0) if grad_x is not None else -(w @ grad_b)
+        return grad_x, grad_shift, grad_w, grad_b if need_b else None, None, None, None, None
 
 
-def selected_linear(x, w, b, u, crow, cols, rows) -> torch.Tensor:
-    """The entries (rows, cols) of u = x W + b, where u was computed without autograd: the gradient
-    reaches x, W and b through these entries only (a fused top-k encode never builds N×F gradients)."""
-    return _SelectedLinear.apply(x, w, b, u, crow, cols, rows)
+def selected_linear(x, w, b, u, crow, cols, rows, shift=None) -> torch.Tensor:
+    """The entries (rows, cols) of u = (x − shift) W + b, where u was computed without autograd: the
+    gradient reaches x, shift, W and b through these entries only (a fused top-k encode never builds N×F
+    gradients, and the shift — the input centring by b_dec — never builds an [N, D] one)."""
+    return _SelectedLinear.apply(x, shift, w, b, u, crow, cols, rows)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from vsae.archs import workspace
 from vsae.archs.registry import check_arch, predicted_noise_power
 from vsae.distributed import setup as setup_world
 from vsae.errors import VsaeError
@@ -133,6 +134,7 @@ def train(
         raise
     finally:
         reader.close()
+        workspace.release()
         if tracker:
             tracker.finish()
     if world.is_main:

@@ -363,5 +363,7 @@ def project_radial(w_dec: torch.nn.Parameter) -> None:
     """Remove each atom gradient's component along the atom (unit policy, before clipping)."""
     if w_dec.grad is None:
         return
-    unit = w_dec / w_dec.norm(dim=1, keepdim=True)
-    w_dec.grad.sub_((w_dec.grad * unit).sum(dim=1, keepdim=True) * unit)
+    # g −= (g·d / d·d) d, row by row, with no [F, D] temporary (each fresh one page-faults on the CPU)
+    w = w_dec.detach()
+    coef = torch.linalg.vecdot(w_dec.grad, w, dim=1) / torch.linalg.vecdot(w, w, dim=1)
+    w_dec.grad.addcmul_(w, coef.unsqueeze(1), value=-1.0)
