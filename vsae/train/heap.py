@@ -5,6 +5,8 @@ returns it to the system on free, so each step's [N, F] temporaries — the enco
 arrive as untouched pages and pay a page fault per 4 KiB on first write. A step allocates the same sizes
 every time, so raising the mmap and trim thresholds lets the next step reuse the last one's blocks: 4–8 %
 of a CPU top-k step at N = 4096, F = 9216 (bench/RESULTS.md). Linux/glibc only; a no-op elsewhere.
+The reuse is partial when the step's allocation pattern shifts (the CSR sizes vary by step), so the largest
+temporary, the [N, F] encoder output, has its own reused buffer (archs/workspace.py).
 """
 
 from __future__ import annotations
