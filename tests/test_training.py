@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import assert_same_trainer_state, run_cli, synthetic_store
 
+from vsae.archs import cpu_topk
 from vsae.archs.checkpoint import load_sae
 from vsae.errors import NonFiniteLoss
 from vsae.store.table import open_table
@@ -251,3 +252,31 @@ def test_freed_training_memory_is_reused_without_page_faults():
     agreed, reused = faults("reuse")
     assert default > 20 * 16_000
     assert agreed == "True" and reused < default / 4
+
+
+
+_KERNEL_CACHE_STATS = """
+import torch
+from vsae.archs import cpu_topk
+from vsae.archs.select import row_topk
+row_topk(torch.randn(64, 256), 5)
+stats = cpu_topk._kernel().stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+@pytest.mark.skipif(not cpu_topk.HAVE_NUMBA, reason="numba is not installed")
+def test_the_cpu_topk_kernel_compiles_once_per_machine():
+    """numba's on-disk cache serves the selection kernel to every later process. Built as a closure inside a
+    function it never matched, so each `vsae train` compiled it again (8 s) and added cache files."""
+    import subprocess
+    import sys
+
+    def hits_and_misses() -> tuple[int, int]:
+        out = subprocess.run([sys.executable, "-c", _KERNEL_CACHE_STATS], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        hits, misses = out.stdout.split()
+        return int(hits), int(misses)
+
+    hits_and_misses()  # the first process on a fresh machine compiles and fills the cache
+    assert hits_and_misses() == (1, 0)
