@@ -254,7 +254,6 @@ def test_freed_training_memory_is_reused_without_page_faults():
     assert agreed == "True" and reused < default / 4
 
 
-
 _KERNEL_CACHE_STATS = """
 import torch
 from vsae.archs import cpu_topk
