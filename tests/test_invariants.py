@@ -528,6 +528,23 @@ def test_invariant_row_topk_prefilter_finds_torch_topk(kk):
         assert torch.equal(idx, torch.sort(-m, dim=-1, stable=True).indices[:, :kk])
 
 
+@pytest.mark.skipif(not cpu_topk.HAVE_NUMBA, reason="numba is not installed")
+def test_cpu_topk_threshold_is_the_kth_largest_group_maximum():
+    """The kernel's prefilter threshold (quickselect, no sort) is the k-th largest of the group maxima, ties
+    and -inf included. row_topk stays exact whatever the threshold, so this is what keeps it fast."""
+    import numpy as np
+
+    from vsae.archs.cpu_topk_numba import kth_largest
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 66, 130):
+        for a in (rng.standard_normal(n), rng.integers(0, 3, n).astype(float), np.full(n, -np.inf)):
+            a = a.astype(np.float32)
+            for k in sorted({1, (n + 1) // 2, n}):
+                work = np.empty(n, np.float32)
+                assert kth_largest(a, k, work) == np.sort(a)[::-1][k - 1], (n, k, a)
+
+
 @pytest.fixture(params=["cpu kernel", "torch.topk"])
 def topk_path(request, monkeypatch):
     """Selection through the CPU kernel (already stable among ties) and through torch.topk (as on a GPU,
