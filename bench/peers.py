@@ -52,7 +52,7 @@ def _vsae(arch, d, f, k):
 
     reuse_freed_memory()  # as `vsae train` does on the CPU
 
-    model = SAE(build_config(arch, d, f, {"k": k} if arch == "topk" else {}))
+    model = SAE(build_config(arch, d, f, {"k": k} if "topk" in arch else {}))
     opt = adam(model.parameters(), lr=train_defaults(arch, f)["lr"])
     dead = torch.zeros(f, dtype=torch.bool)
     gen = make_generator(0, 1)
