@@ -9,7 +9,7 @@ import torch
 
 from vsae.archs import cpu_topk, priors
 from vsae.archs.checkpoint import convert_space, load_sae, write_checkpoint
-from vsae.archs.cpu_topk import BLOCK
+from vsae.archs.cpu_topk_numba import BLOCK
 from vsae.archs.registry import ARCHS, build_config
 from vsae.archs.sae import SAE, TERM_KEYS, StepContext
 from vsae.archs.select import batch_topk_mask, row_topk, scores, select_csr, topk_mask

@@ -24,8 +24,6 @@ import torch
 # imported on first use (0.4 s); without numba the torch.topk path serves and nothing else changes
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
-BLOCK = 16
-
 
 def applies(score: torch.Tensor, kk: int) -> bool:
     """The kernel serves a 2-D fp32/fp64 CPU matrix (its values come back without autograd: selection
@@ -64,7 +62,7 @@ def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
 
 def _kernel():
     """The compiled kernel (archs/cpu_topk_numba.py): numba is imported on first use; the machine code is
-    cached on disk, so only the first process on a machine compiles (4–10 s)."""
+    cached on disk, so only the first process on a machine compiles (≈ 9 s)."""
     from vsae.archs.cpu_topk_numba import rows_topk
 
     return rows_topk
