@@ -4,8 +4,8 @@ glibc serves every large allocation (above a threshold that adapts up to 32 MiB)
 returns it to the system on free, so each step's [N, F] temporaries — the encoder output, the gradients —
 arrive as untouched pages and pay a page fault per 4 KiB on first write (≈ 5 µs each in a VM). A step
 allocates the same sizes every time, so serving blocks of up to 1 GiB from the heap and never trimming it
-lets the next step reuse the last one's pages: 4–8 % of a CPU top-k step at N = 4096, F = 9216, and 18 % of
-a vsae_topk step, whose ~20 [N, F] temporaries free more than 1 GiB at once — under a 1 GiB trim threshold
+lets the next step reuse the last one's pages: 4–8 % of a CPU top-k step at N = 4096, F = 9216, and 15–20 %
+of a vsae_topk step, whose ~20 [N, F] temporaries free more than 1 GiB at once — under a 1 GiB trim threshold
 glibc gave that back to the system every step and faulted it in again (bench/RESULTS.md). The heap then
 stays at the step's peak, which the process reached anyway. Linux/glibc only; a no-op elsewhere. The reuse
 is partial when the step's allocation pattern shifts (the CSR sizes vary by step), so the largest temporary
