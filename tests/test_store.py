@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import torch
 from conftest import run_cli, run_vsae, torchrun_vsae
 
 from vsae.errors import VsaeError
+from vsae.store.attrs import FINISH
 from vsae.store.layout import open_root, to_storage
 from vsae.store.lock import TableLock
 from vsae.store.reader import ShuffledBatches
@@ -75,8 +77,19 @@ def reference(tmp_path_factory, tiny_model):
     return path
 
 
+# finish:1 after the arrays are trimmed, finish:2 after the statistics, finish:3 before the completion mark
 @pytest.mark.parametrize(
-    "point", ["layout:1", "commit-start:3", "commit-mid:2", "commit-before-progress:4", "commit-end:5"]
+    "point",
+    [
+        "layout:1",
+        "commit-start:3",
+        "commit-mid:2",
+        "commit-before-progress:4",
+        "commit-end:5",
+        "finish:1",
+        "finish:2",
+        "finish:3",
+    ],
 )
 def test_resume_after_kill_gives_identical_store(tiny_model, reference, tmp_path, point):
     store = tmp_path / "acts"
@@ -512,3 +525,32 @@ def test_int8_mode_stores_per_token_scales_and_reads_back_close(tiny_model, refe
     fs = fsspec.filesystem("file")
     stored = fs.du(str(table_dir / "activations"), total=True) + fs.du(str(table_dir / "scales"), total=True)
     assert a.n_tokens * a.d * 4 / stored >= 3.5  # activation bytes vs fp32
+
+
+@pytest.mark.parametrize("lost", [*FINISH, "all"])
+def test_a_table_marked_complete_without_its_finish_is_refused_then_repaired(tmp_path, lost, capfd, caplog):
+    """What a writer that set `complete` before the statistics left when killed between the two (the
+    state is built directly: today's writer can no longer produce it): every reader names the missing
+    attribute, and the same command finishes the table again, equal to the untouched one."""
+    from conftest import run_main, synthetic_store
+
+    whole = synthetic_store(tmp_path / "whole", tokens=6000)
+    store = tmp_path / "store"
+    shutil.copytree(whole, store)
+    group = open_root(str(store), "a")["synthetic/resid_post.0"]
+    attrs = dict(group.attrs)
+    for key in FINISH if lost == "all" else [lost]:
+        del attrs[key]
+    group.attrs.put(attrs)
+    named = "'n_tokens'" if lost == "all" else repr(lost)
+    for argv in (("info", store, "--verify"), ("train", "--store", store, "--out", tmp_path / "o")):
+        proc = run_main(capfd, *argv)
+        assert proc.returncode == 2 and named in proc.stderr.splitlines()[-1], proc.stderr
+    assert not (tmp_path / "o").exists()
+    args = ["--d", "16", "--atoms", "48", "--active", "3", "--tokens", "6000", "--chunk-tokens", "1024"]
+    proc = run_main(capfd, "synthetic", "--store", store, *args)
+    assert proc.returncode == 0 and "finishing it again" in caplog.text, proc.stderr
+    repaired, reference = open_table(str(store)), open_table(str(whole))
+    assert repaired.attrs == reference.attrs
+    for name in (*ARRAYS, "true_atoms"):
+        assert np.array_equal(repaired.group[name][:], reference.group[name][:]), name

@@ -6,6 +6,7 @@ import fsspec
 from rich.table import Table as RichTable
 
 from vsae.errors import VsaeError
+from vsae.store.attrs import REPAIR, complete_problem, layout_problem
 from vsae.store.layout import open_root
 from vsae.store.table import list_tables
 from vsae.store.verify import check_present, verify_table
@@ -28,6 +29,11 @@ def _damage(group, path: str, verify: bool) -> tuple[str | None, int | None]:
     return None, None
 
 
+def _config(attrs: dict) -> dict:
+    config = attrs.get("config")
+    return config if isinstance(config, dict) else {}
+
+
 def describe(store: str, verify: bool = False) -> list[dict]:
     """One dict per table: identity, size, dtype, split, provenance, damage (verify: every checksum)."""
     root = open_root(store, "r")
@@ -36,12 +42,16 @@ def describe(store: str, verify: bool = False) -> list[dict]:
         group = root[path]
         attrs = dict(group.attrs)
         complete = bool(attrs.get("complete"))
-        damage, checked = _damage(group, path, verify) if complete else (None, None)
-        n = attrs["n_tokens"] if complete else committed_tokens(group)
+        problem = complete_problem(attrs) if complete else layout_problem(attrs)
+        if problem:  # the attributes cannot be trusted: say so, and show what can still be read
+            damage, checked = f"{problem}; {REPAIR}", None
+        else:
+            damage, checked = _damage(group, path, verify) if complete else (None, None)
+        n = attrs["n_tokens"] if complete and not problem else committed_tokens(group)
         d = group["activations"].shape[1]
         on_disk = _bytes_on_disk(store, path)
         fp32 = n * d * 4
-        prov = attrs.get("provenance", {})
+        prov = attrs.get("provenance") if isinstance(attrs.get("provenance"), dict) else {}
         rows.append(
             {
                 "table": path,
@@ -58,10 +68,10 @@ def describe(store: str, verify: bool = False) -> list[dict]:
                 "bytes_on_disk": on_disk,
                 "bytes_per_token": on_disk / n if n else None,
                 "compression_vs_fp32": fp32 / on_disk if on_disk else None,
-                "heldout_fraction": attrs.get("heldout_fraction"),
-                "heldout_tokens": attrs.get("heldout_tokens"),
-                "progress": None if complete else {"tokens": n, "of": attrs["config"]["tokens"]},
-                "config": attrs.get("config"),
+                "heldout_fraction": None if problem else attrs.get("heldout_fraction"),
+                "heldout_tokens": None if problem else attrs.get("heldout_tokens"),
+                "progress": None if complete else {"tokens": n, "of": _config(attrs).get("tokens", 0)},
+                "config": _config(attrs),
                 "provenance": prov,
             }
         )

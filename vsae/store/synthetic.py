@@ -12,7 +12,7 @@ import torch
 import vsae
 from vsae.errors import VsaeError
 from vsae.store.layout import open_root
-from vsae.store.writer import TableWriter, prepare_table
+from vsae.store.writer import AlreadyHarvested, TableWriter, prepare_table
 
 
 @dataclass
@@ -75,19 +75,22 @@ def write_synthetic(cfg: SyntheticConfig) -> dict:
         "harvest": {"model": "synthetic"},
     }
     path = "synthetic/resid_post.0"
-    prepare_table(
-        root,
-        path,
-        d=cfg.d,
-        config=config | {"dtype": cfg.dtype},
-        provenance=provenance,
-        max_tokens=cfg.tokens,
-        chunk_tokens=cfg.chunk_tokens,
-        shard_chunks=4,
-        vocab_size=cfg.atoms,
-        ctx_len=CTX,
-        force=cfg.force,
-    )
+    try:
+        prepare_table(
+            root,
+            path,
+            d=cfg.d,
+            config=config | {"dtype": cfg.dtype},
+            provenance=provenance,
+            max_tokens=cfg.tokens,
+            chunk_tokens=cfg.chunk_tokens,
+            shard_chunks=4,
+            vocab_size=cfg.atoms,
+            ctx_len=CTX,
+            force=cfg.force,
+        )
+    except AlreadyHarvested as done:  # a harvest skips a complete table; asking for this one is an error
+        raise VsaeError(str(done)) from None
     writer = TableWriter(root, path)
     for window, start in enumerate(range(0, cfg.tokens, CTX)):
         n = min(CTX, cfg.tokens - start)
@@ -98,9 +101,9 @@ def write_synthetic(cfg: SyntheticConfig) -> dict:
         meta = np.stack([np.full(n, window), np.full(n, window), np.arange(n)], axis=1).astype(np.int32)
         writer.add_rows(start, x, top, meta)
     writer.close(cfg.tokens)
-    summary = writer.finish(cfg.tokens, heldout_fraction=0.05)
+    # before the completion mark: a complete synthetic table always has its ground truth
     writer.group.create_array("true_atoms", data=atoms.numpy(), overwrite=True)
-    return summary
+    return writer.finish(cfg.tokens, heldout_fraction=0.05)
 
 
 def _sample(atoms: torch.Tensor, n: int, cfg: SyntheticConfig, gen: torch.Generator):

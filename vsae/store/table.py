@@ -11,6 +11,7 @@ import torch
 import zarr
 
 from vsae.errors import VsaeError
+from vsae.store.attrs import REPAIR, complete_problem
 from vsae.store.layout import from_storage, open_root
 from vsae.store.verify import check_present, object_keys
 
@@ -24,6 +25,8 @@ class Table:
         self.attrs = dict(group.attrs)
         if not self.attrs.get("complete"):
             raise VsaeError(f"table {path} is not complete; finish it with `vsae harvest` (it resumes)")
+        if problem := complete_problem(self.attrs):
+            raise VsaeError(f"table {path} {problem}; {REPAIR}")
         check_present(group, path)
         self.acts = group["activations"]
         self.n_tokens, self.d = self.acts.shape

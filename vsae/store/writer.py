@@ -21,6 +21,7 @@ import torch
 import zarr
 
 from vsae.errors import VsaeError
+from vsae.store.attrs import complete_problem, layout_problem
 from vsae.store.faults import failpoint
 from vsae.store.layout import (
     COMPRESSION_LEVEL,
@@ -70,14 +71,21 @@ def prepare_table(
         _create(root, path, d, config, provenance, *geometry)
         return
     attrs = dict(root[path].attrs)
-    old = attrs.get("config", {})
+    if problem := layout_problem(attrs):
+        raise VsaeError(f"table {path} {problem}; redo it with --force")
+    old = attrs["config"]
     for key in sorted(set(old) | set(config)):
         if old.get(key) != config.get(key):
             raise VsaeError(
                 f"table {path} was harvested with {key}={old.get(key)!r}, not {config.get(key)!r}; "
                 "use the same settings to resume, or --force to redo it"
             )
-    if attrs.get("complete"):
+    if attrs.get("complete") and (problem := complete_problem(attrs)):
+        # marked complete by a vsae that wrote the mark before the statistics, killed in between: every
+        # shard is committed, so the resume re-reads them and writes the finish again
+        log.warning("table %s is marked complete but %s; finishing it again", path, problem)
+        root[path].update_attributes({"complete": False})
+    elif attrs.get("complete"):
         raise AlreadyHarvested(
             f"table {path} is already complete ({attrs['n_tokens']:,} tokens); use --force to redo it"
         )
@@ -117,9 +125,9 @@ def _create(
             overwrite=True,
         )
 
-    # the attributes, then the commit marks: a kill while the rest is laid out leaves a table that
-    # `vsae info` reads as partial and the next harvest lays out again (see _nothing_committed)
-    group.attrs.update(
+    # the attributes (one atomic write), then the commit marks: a kill while the rest is laid out leaves a
+    # table that `vsae info` reads as partial and the next harvest lays out again (see _nothing_committed)
+    group.update_attributes(
         {
             "format": "vsae-store",
             "format_version": FORMAT_VERSION,
@@ -312,6 +320,7 @@ class TableWriter:
         self.group["chunk_sum"].resize((n_chunks, self.d))
         self.group["chunk_sumsq"].resize((n_chunks,))
         self.group["committed"].resize((n_shards,))
+        failpoint("finish")
         heldout = min(n_chunks - 1, math.ceil(heldout_fraction * n_chunks)) if heldout_fraction > 0 else 0
         if heldout and heldout / n_chunks > 2 * heldout_fraction:  # whole chunks: a short table rounds up
             log.warning(
@@ -334,9 +343,12 @@ class TableWriter:
         fingerprint = hashlib.sha256(
             json.dumps([config, n_tokens, float(sumsq.sum())], sort_keys=True).encode()
         ).hexdigest()[:16]
-        self.group.attrs.update(
+        failpoint("finish")
+        # two atomic writes, the completion mark alone and last: a kill between them leaves a partial
+        # table whose every shard is committed, which the next harvest finishes without a forward pass
+        # (zarr's attrs.update would rewrite zarr.json once per key, `complete` first)
+        self.group.update_attributes(
             {
-                "complete": True,
                 "n_tokens": n_tokens,
                 "n_windows": self._contexts_at,
                 "n_train_chunks": n_chunks - heldout,
@@ -346,6 +358,8 @@ class TableWriter:
                 "fingerprint": fingerprint,
             }
         )
+        failpoint("finish")
+        self.group.update_attributes({"complete": True})
         return {"tokens": n_tokens, "heldout_tokens": n_tokens - n_train, **stats}
 
 
