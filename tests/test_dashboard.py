@@ -254,3 +254,52 @@ def test_viz_refuses_bad_input_and_never_replaces_a_foreign_folder(checkpoint, t
         assert (
             bad.stderr.strip().startswith("error:") and text in bad.stderr and not (tmp_path / "x").exists()
         )
+
+
+def _viz_args(checkpoint, out):
+    return ["viz", checkpoint, "--out", out, "--split", "train", "--tokens", "2000", "--latents", "3"]
+
+
+@pytest.mark.parametrize("extra", ["notes.txt", "plots/", "features/mine.txt"])
+def test_viz_never_deletes_what_a_user_put_in_an_earlier_dashboard(checkpoint, tmp_path, extra):
+    from test_reliability import folder_hash
+
+    out = tmp_path / "dash"
+    run_vsae(*_viz_args(checkpoint, out))
+    added = out / extra.rstrip("/")
+    if extra.endswith("/"):
+        added.mkdir()
+        (added / "fig.png").write_bytes(b"\x89PNG")
+    else:
+        added.write_text("mine")
+    before = folder_hash(tmp_path)
+    bad = run_vsae(*_viz_args(checkpoint, out), expect=2)
+    assert (
+        bad.stderr.strip().startswith("error:") and extra in bad.stderr and len(bad.stderr.splitlines()) == 1
+    )
+    assert folder_hash(tmp_path) == before
+
+
+@pytest.mark.parametrize("point", ["dashboard-page:2", "dashboard-swap:1"])
+def test_viz_killed_leaves_nothing_the_next_run_does_not_clean(checkpoint, tmp_path, point):
+    """A kill while pages are written leaves a hidden temporary folder; a kill between setting the old
+    dashboard aside and moving the new one in leaves no dashboard at all. The next run puts both right."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "dash"
+    run_vsae(*_viz_args(checkpoint, out))
+    first = (out / "index.html").read_text()
+    exe = Path(sys.executable).with_name("vsae")
+    env = {**os.environ, "VSAE_FAILPOINT": point}
+    proc = subprocess.run([str(exe), *map(str, _viz_args(checkpoint, out))], env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert any(p.name.startswith(".dash.") for p in tmp_path.iterdir())  # the kill left something
+    if point.startswith("dashboard-swap"):
+        assert not out.exists()
+    run_vsae(*_viz_args(checkpoint, out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dash"]
+    assert (out / "index.html").read_text() == first and len(list(out.glob("features/*.html"))) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from vsae.dashboard.directions import decoder_map, final_norm_and_unembedding, l
 from vsae.dashboard.scan import EDGES, N_BINS, FeatureStats, scan
 from vsae.errors import VsaeError
 from vsae.evaluate.core import checkpoint_table
+from vsae.store.faults import failpoint
 from vsae.store.table import Table
 
 SELECTIONS = ("top", "random", "dense")
@@ -131,10 +133,14 @@ def quantile_groups(stats: FeatureStats, j: int, groups: int = 3, per_group: int
     return out
 
 
+PAGE = re.compile(r"\d+\.html")
+
+
 def build_dashboard(path: Path, out: Path, cfg: DashboardConfig, show: bool = True) -> dict:
     """Scan the checkpoint's table once and write the dashboard folder `out` (replaced as a whole)."""
     cfg.validate()
     _check_out(out)
+    _clean_interrupted(out)
     sae = load_sae(path)
     if cfg.select.startswith("ids="):
         requested_ids(cfg.select, sae.cfg.d_sae)  # before the scan: a bad id costs no work
@@ -164,6 +170,7 @@ def build_dashboard(path: Path, out: Path, cfg: DashboardConfig, show: bool = Tr
                 j, sae, stats, ctx, quantiles[j], near[j], effects.get(j), unembed, decode, pages
             )
             (tmp / "features" / f"{j}.html").write_text(render.page(f"latent {j}", body), encoding="utf-8")
+            failpoint("dashboard-page")
         index = _index_body(path, sae, table, stats, chosen, cfg)
         (tmp / "index.html").write_text(
             render.page(f"{path.name} features", index, render.SORT_JS), encoding="utf-8"
@@ -172,6 +179,7 @@ def build_dashboard(path: Path, out: Path, cfg: DashboardConfig, show: bool = Tr
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
             out.replace(old)  # set aside, not deleted, until the new folder is in place
+            failpoint("dashboard-swap")
         tmp.replace(out)
         if old is not None:
             shutil.rmtree(old)
@@ -183,8 +191,49 @@ def build_dashboard(path: Path, out: Path, cfg: DashboardConfig, show: bool = Tr
 
 def _check_out(out: Path) -> None:
     """Only an absent folder or an earlier dashboard may be (re)written: never a folder with other files."""
-    if out.exists() and not (out.is_dir() and render.GENERATOR in _head(out / "index.html")):
+    if not out.exists():
+        return
+    if not (out.is_dir() and render.GENERATOR in _head(out / "index.html")):
         raise VsaeError(f"{out} exists and is not a vsae dashboard; choose another --out")
+    foreign = _foreign_entries(out)
+    if foreign:
+        raise VsaeError(
+            f"{out} holds files vsae did not write ({foreign[0]}"
+            + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+            + "); move them out or choose another --out"
+        )
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """Entries of a dashboard folder that vsae does not write: anything but index.html and
+    features/<latent>.html."""
+    out = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == "index.html" and entry.is_file():
+            continue
+        if entry.name == "features" and entry.is_dir() and not entry.is_symlink():
+            out += [
+                f"features/{p.name}"
+                for p in sorted(entry.iterdir())
+                if not (p.is_file() and PAGE.fullmatch(p.name))
+            ]
+            continue
+        out.append(entry.name + ("/" if entry.is_dir() else ""))
+    return out
+
+
+def _clean_interrupted(out: Path) -> None:
+    """What a killed run of its own left beside `out`: a half-written `.<name>.XXXX` folder (removed) and
+    the previous dashboard set aside as `.<name>.old` (put back when `out` is missing, else removed).
+    Only folders holding nothing but dashboard files are touched."""
+    if not out.parent.is_dir():
+        return
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not out.exists() and not _foreign_entries(old):
+        old.replace(out)
+    for left in out.parent.glob(f".{out.name}.*"):
+        if left.is_dir() and not left.is_symlink() and not _foreign_entries(left):
+            shutil.rmtree(left)
 
 
 def _head(path: Path) -> str:
