@@ -157,3 +157,35 @@ def synthetic_store(path: Path, d: int = 16, atoms: int = 48, tokens: int = 2000
         "1024",
     )
     return path
+
+
+def _can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+needs_mount_namespace = pytest.mark.skipif(
+    not _can_unshare(),
+    reason="needs `unshare -m` (root, or a user namespace) for a real read-only or full disk",
+)
+
+
+def in_mount_namespace(setup: str, command: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Shell `setup` (a read-only bind mount, a small tmpfs), then `command`, in a private mount namespace:
+    the file system's real errors, whoever runs the tests. `vsae` in `command` is this environment's."""
+    exe = Path(sys.executable).with_name("vsae")
+    script = f"set -e; {setup}; set +e; {command.replace('vsae ', f'{exe} ', 1)}"
+    return subprocess.run(
+        ["unshare", "-m", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+def read_only(path: Path) -> str:
+    """The `setup` of in_mount_namespace that makes `path` read-only."""
+    return f"mount --bind '{path}' '{path}' && mount -o remount,bind,ro '{path}'"

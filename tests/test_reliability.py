@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, run_main
+from conftest import in_mount_namespace, needs_mount_namespace, read_only, run_cli, run_main
 
 
 def folder_hash(path: Path) -> str:
@@ -29,9 +29,8 @@ def world(tmp_path_factory):
     """A synthetic store, a second store of another width and a trained checkpoint (with step saves)."""
     root = tmp_path_factory.mktemp("reliability")
     store, other = root / "store", root / "other"
-    common = ["--atoms", "32", "--tokens", "12000", "--chunk-tokens", "1024"]
-    run_cli("synthetic", "--store", store, "--d", "16", *common)
-    run_cli("synthetic", "--store", other, "--d", "24", *common)
+    run_cli("synthetic", "--store", store, "--d", "16", *SYNTHETIC)
+    run_cli("synthetic", "--store", other, "--d", "24", *SYNTHETIC)
     args = ("--arch", "topk", "--k", "4", "--dict-size", "64", "--steps", "8", "--save-every", "4")
     run_cli("train", "--store", store, *args, "--out", root / "ckpt")
     return {"root": root, "store": store, "other": other, "ckpt": root / "ckpt" / "topk_64_k4_s0"}
@@ -265,7 +264,95 @@ CASES = [
         lambda w, t: ("eval", _bad_ckpt(w, t, "header"), "--no-ce"),
         "sae.safetensors",
     ),
+    ("eval-json-a-folder", lambda w, t: ("eval", w["ckpt"], "--json", _folder(t)), "is a folder"),
+    (
+        "eval-json-no-folder",
+        lambda w, t: ("eval", w["ckpt"], "--json", t / "no" / "r.json"),
+        "does not exist",
+    ),
+    (
+        "eval-saebench-core-synthetic",
+        lambda w, t: ("eval", w["ckpt"], "--saebench", "core"),
+        "needs a language model",
+    ),
+    ("train-out-a-file", lambda w, t: train(w, "--out", _a_file(t)), "is a file"),
+    (
+        "resume-changed-set",
+        lambda w, t: (
+            "train",
+            "--store",
+            w["store"],
+            "--arch",
+            "topk",
+            "--dict-size",
+            "64",
+            "--steps",
+            "8",
+            "--set",
+            "k=8",
+            "--resume",
+            "--out",
+            w["ckpt"].parent,
+        ),
+        "k=4, not 8",
+    ),
+    (
+        "synthetic-over-complete-table",
+        lambda w, t: ("synthetic", "--store", w["store"], "--d", "16", *SYNTHETIC),
+        "already complete",
+    ),
+    (
+        "import-lens-no-architecture",
+        lambda w, t: ("import", _lens(w, t, "no-arch"), t / "o"),
+        "names no architecture",
+    ),
+    (
+        "import-lens-d-in-text",
+        lambda w, t: ("import", _lens(w, t, "d_in"), t / "o"),
+        "d_in must be a positive integer",
+    ),
+    (
+        "import-lens-d-sae-negative",
+        lambda w, t: ("import", _lens(w, t, "d_sae"), t / "o"),
+        "d_sae must be a positive integer",
+    ),
+    (
+        "import-lens-k-not-int",
+        lambda w, t: ("import", _lens(w, t, "k"), t / "o"),
+        "k must be a positive integer",
+    ),
+    (
+        "store-array-json-truncated",
+        lambda w, t: ("info", _damaged(w, t, "array-json-truncated")),
+        "activations/zarr.json is damaged",
+    ),
+    (
+        "train-on-array-json-truncated",
+        lambda w, t: ("train", "--store", _damaged(w, t, "array-json-truncated"), "--out", t / "o"),
+        "activations/zarr.json is damaged",
+    ),
+    (
+        "store-array-json-not-utf8",
+        lambda w, t: ("info", _damaged(w, t, "array-json-not-utf8"), "--verify"),
+        "activations/zarr.json is damaged (UnicodeDecodeError)",
+    ),
+    (
+        "info-verify-damaged-attributes",
+        lambda w, t: ("info", _damaged(w, t, "attrs"), "--verify"),
+        "damaged 'n_train_chunks'",
+    ),
+    (
+        "train-on-damaged-attributes",
+        lambda w, t: ("train", "--store", _damaged(w, t, "attrs"), "--out", t / "o"),
+        "damaged 'n_train_chunks'",
+    ),
+    (
+        "info-config-attribute-null",
+        lambda w, t: ("info", _damaged(w, t, "config-null")),
+        "damaged 'config'",
+    ),
 ]
+SYNTHETIC = ("--atoms", "32", "--tokens", "12000", "--chunk-tokens", "1024")
 
 
 def _foreign(tmp: Path) -> Path:
@@ -275,9 +362,26 @@ def _foreign(tmp: Path) -> Path:
     return folder
 
 
-def _lens(world, tmp: Path) -> Path:
+def _lens(world, tmp: Path, damage: str | None = None) -> Path:
+    """The world's topk SAE exported to SAELens, its cfg.json damaged as asked."""
     run_cli("export", world["ckpt"], tmp / "lens")
+    cfg_file = tmp / "lens" / "cfg.json"
+    cfg = json.loads(cfg_file.read_text())
+    if damage == "no-arch":
+        del cfg["architecture"]  # a top-k SAE (it has k) would be read as standard
+    elif damage == "d_in":
+        cfg["d_in"] = "many"
+    elif damage == "d_sae":
+        cfg["d_sae"] = -3
+    elif damage == "k":
+        cfg["k"] = 2.5
+    cfg_file.write_text(json.dumps(cfg))
     return tmp / "lens"
+
+
+def _folder(tmp: Path) -> Path:
+    (tmp / "a-folder").mkdir()
+    return tmp / "a-folder"
 
 
 def _a_file(tmp: Path) -> Path:
@@ -301,6 +405,22 @@ def _damaged(world, tmp: Path, how: str) -> Path:
         data = bytearray(obj.read_bytes())
         data[len(data) // 2] ^= 0xFF
         obj.write_bytes(data)
+    elif how == "array-json-truncated":
+        meta = table / "activations" / "zarr.json"
+        meta.write_bytes(meta.read_bytes()[:100])
+    elif how == "array-json-not-utf8":
+        meta = table / "activations" / "zarr.json"
+        data = bytearray(meta.read_bytes())
+        data[20] = 0xFF
+        meta.write_bytes(data)
+    elif how in ("attrs", "config-null"):
+        meta = table / "zarr.json"
+        doc = json.loads(meta.read_text())
+        if how == "attrs":
+            doc["attributes"]["n_train_chunks"] = "seven"
+        else:
+            doc["attributes"]["config"] = None
+        meta.write_text(json.dumps(doc))
     else:
         (table / "zarr.json").write_text("{not json")
     return store
@@ -558,3 +678,106 @@ def test_kill_9_during_export_loses_nothing(world, tmp_path):
     assert folder_hash(out) == earlier and folder_hash(world["ckpt"]) == ckpt
     run_cli("export", world["ckpt"], out)
     assert folder_hash(out) == earlier  # the export is deterministic
+
+
+def test_a_run_stopped_by_a_non_finite_loss_leaves_no_empty_out_folder(world, tmp_path, capfd):
+    proc = run_main(capfd, *train(world, "--arch", "standard", "--lr", "1e30", "--out", tmp_path / "o"))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: non-finite loss"), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def _ro_eval(world, tmp: Path) -> tuple[Path, str]:
+    ckpt = tmp / "ckpt"
+    shutil.copytree(world["ckpt"], ckpt)
+    return ckpt, f"vsae eval '{ckpt}' --no-ce"
+
+
+def _ro_train_out(world, tmp: Path) -> tuple[Path, str]:
+    out = tmp / "out"
+    out.mkdir()
+    return out, f"vsae train --store '{world['store']}' --steps 3 --dict-size 64 --wandb p --out '{out}'"
+
+
+def _ro_store(world, tmp: Path) -> tuple[Path, str]:
+    store = tmp / "store"
+    shutil.copytree(world["store"], store)
+    return store, f"vsae synthetic --store '{store}' --d 24 --force {' '.join(SYNTHETIC)}"
+
+
+READ_ONLY = {
+    "eval-read-only-checkpoint": (_ro_eval, "", "cannot write eval.json"),
+    "eval-read-only-checkpoint-wandb": (_ro_eval, " --wandb p", "cannot write eval.json"),
+    "train-wandb-read-only-out": (_ro_train_out, "", "cannot write checkpoints"),
+    "synthetic-read-only-store": (_ro_store, "", "Read-only file system"),
+}
+
+
+@needs_mount_namespace
+@pytest.mark.parametrize("case", list(READ_ONLY))
+def test_a_read_only_location_is_one_line_and_changes_nothing(world, tmp_path, case):
+    build, extra, needle = READ_ONLY[case]
+    target, command = build(world, tmp_path)
+    before = folder_hash(target)
+    proc = in_mount_namespace(read_only(target), command + extra, env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert needle in line, line
+    assert folder_hash(target) == before
+
+
+@needs_mount_namespace
+def test_harvest_into_a_store_on_a_read_only_mount(store, tiny_model, tmp_path):
+    from conftest import HARVEST_ARGS
+
+    copy = tmp_path / "acts"
+    shutil.copytree(store, copy)
+    before = folder_hash(copy)
+    command = f"vsae harvest '{tiny_model}' {' '.join(HARVEST_ARGS)} --store '{copy}'"
+    proc = in_mount_namespace(read_only(copy), command)
+    assert proc.returncode == 2, proc.stderr
+    assert "Read-only file system" in one_line_error(proc)
+    assert folder_hash(copy) == before
+
+
+@needs_mount_namespace
+def test_a_real_full_disk_during_a_checkpoint_keeps_the_last_one_whole(world, tmp_path):
+    """A 1 MiB tmpfs takes the step-3 checkpoint (≈ 0.55 MB at F = 1024, d = 16) but not the final one:
+    torch's writer fails (a RuntimeError, not an OSError). One line; step_3 whole; nothing half-written."""
+    mnt, kept = tmp_path / "mnt", tmp_path / "kept"
+    mnt.mkdir()
+    args = f"--store '{world['store']}' --arch topk --k 4 --dict-size 1024 --steps 6 --save-every 3"
+    proc = in_mount_namespace(
+        f"mount -t tmpfs -o size=1m tmpfs '{mnt}'",
+        f"vsae train {args} --out '{mnt}/o'; rc=$?; cp -a '{mnt}/o' '{kept}'; exit $rc",
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: disk full while writing") and "--resume" in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    run = kept / "topk_1024_k4_s0"
+    left = sorted(str(p.relative_to(kept)) for p in kept.rglob("*"))
+    assert left == [
+        "topk_1024_k4_s0",
+        "topk_1024_k4_s0/checkpoints",
+        "topk_1024_k4_s0/checkpoints/step_3",
+        "topk_1024_k4_s0/checkpoints/step_3/cfg.json",
+        "topk_1024_k4_s0/checkpoints/step_3/sae.safetensors",
+        "topk_1024_k4_s0/checkpoints/step_3/trainer_state.pt",
+        "topk_1024_k4_s0/metrics.jsonl",
+    ], left
+    # the kept checkpoint resumes to the end where there is room
+    run_cli("train", *args.replace("'", "").split(), "--resume", "--out", kept)
+    assert (run / "cfg.json").exists()
+
+
+def test_saebench_all_runs_what_can_run_and_lists_the_rest(world, tmp_path, capfd):
+    """A synthetic checkpoint has no language model: `all` skips core and says so (asked by name: an error,
+    in the table above)."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(world["ckpt"], ckpt)
+    proc = run_main(capfd, "eval", ckpt, "--no-ce", "--saebench", "all")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert "SAE Bench skipped core for" in text and "needs a language model" in text
+    assert json.loads((ckpt / "eval.json").read_text())["saebench_skipped"]["core"].startswith("needs")

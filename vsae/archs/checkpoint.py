@@ -4,6 +4,7 @@ conversion and its inverse driven by each tensor's rule."""
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
@@ -96,7 +97,17 @@ def write_checkpoint(
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2, default=_jsonable))
         failpoint("checkpoint_write")  # crash tests: kill or ENOSPC half-way through a checkpoint
         if trainer_state is not None:
-            torch.save(trainer_state, tmp / "trainer_state.pt")
+            _torch_save(trainer_state, tmp / "trainer_state.pt")
+
+
+def _torch_save(obj, path: Path) -> None:
+    """torch.save, with a failed write (torch reports a full disk as a RuntimeError) as the OSError it is."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        full = shutil.disk_usage(path.parent).free < 2**20
+        reason = "No space left on device" if full else str(exc).splitlines()[0]
+        raise OSError(errno.ENOSPC if full else errno.EIO, reason, str(path)) from exc
 
 
 def _jsonable(value):

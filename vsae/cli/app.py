@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from vsae.archs.registry import ARCHS, settable_keys
 from vsae.dashboard.build import DashboardConfig
 from vsae.errors import VsaeError
 from vsae.evaluate.core import EvalConfig
+from vsae.files import check_output_file, write_atomic
 from vsae.harvest.loop import HarvestConfig
 from vsae.harvest.models import ALIASES, PACKAGED
 from vsae.progress import console
@@ -346,7 +348,7 @@ def eval_(
     """Evaluate checkpoints on held-out store tokens: FVE, L0, dead latents, CE-loss recovered, KL; with
     --saebench, SAE Bench's own evals too (JSON beside each eval.json, headline numbers in the table);
     with --compare A/ B/, whether two arms of seeds differ."""
-    from vsae.evaluate.core import evaluate, find_checkpoints
+    from vsae.evaluate.core import evaluate, writable_checkpoints
     from vsae.evaluate.report import comparison_table
 
     cfg = EvalConfig(
@@ -365,11 +367,13 @@ def eval_(
 
     check_project(wandb)
     names = cfg.saebench_evals()  # before any work: an eval asked for by name that cannot run is an error
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     if compare:
         _compare_arms(checkpoints, cfg, json_out)
         return
     results = []
-    for path in find_checkpoints(checkpoints):
+    for path in writable_checkpoints(checkpoints):
         results.append(evaluate(path, cfg))
         if wandb:
             log_eval(wandb, path, results[-1])
@@ -378,8 +382,13 @@ def eval_(
 
     for line in unreachable(names, explicit=False):
         console.print(f"[yellow]SAE Bench skipped[/] {line}", soft_wrap=True)
+    for result in results:
+        for name, why in result.get("saebench_skipped", {}).items():
+            console.print(
+                f"[yellow]SAE Bench skipped[/] {name} for {result['checkpoint']}: {why}", soft_wrap=True
+            )
     if json_out:
-        json_out.write_text(json.dumps(results, indent=2))
+        write_atomic(json_out, json.dumps(results, indent=2))
 
 
 def _compare_arms(folders: list[str], cfg: EvalConfig, json_out: Path | None) -> None:
@@ -387,11 +396,11 @@ def _compare_arms(folders: list[str], cfg: EvalConfig, json_out: Path | None) ->
 
     from vsae.archs.checkpoint import read_cfg
     from vsae.evaluate.compare import check_arms, compare
-    from vsae.evaluate.core import evaluate, find_checkpoints
+    from vsae.evaluate.core import evaluate, writable_checkpoints
 
     if len(folders) != 2:
         raise VsaeError(f"--compare takes two folders of checkpoints (arms A and B), got {len(folders)}")
-    arms = [find_checkpoints([f]) for f in folders]
+    arms = [writable_checkpoints([f]) for f in folders]
     check_arms(*arms, {p: read_cfg(p)["architecture"] for arm in arms for p in arm})
     rows = compare(*([evaluate(p, cfg) for p in arm] for arm in arms))
     table = RichTable(title=f"A = {folders[0]}   B = {folders[1]}")
@@ -410,7 +419,7 @@ def _compare_arms(folders: list[str], cfg: EvalConfig, json_out: Path | None) ->
     for r in rows:
         results_console.print(r["verdict"], soft_wrap=True)
     if json_out:
-        json_out.write_text(json.dumps(rows, indent=2))
+        write_atomic(json_out, json.dumps(rows, indent=2))
 
 
 @app.command()
@@ -586,6 +595,15 @@ def _fractions(flag: str, text: str) -> list[float]:
         raise VsaeError(f"{flag} takes comma-separated fractions such as 0.2,0.5 (got {text!r})") from exc
 
 
+FILE_SYSTEM_ERRORS = {
+    errno.EROFS: "choose a writable location",
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.ENOSPC: "free space and run the command again",
+    errno.EDQUOT: "free space and run the command again",
+    errno.EISDIR: "give a file path, not a folder",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+}
 INTERRUPTED = "[bold red]interrupted[/]; a harvest resumes from its last commit, a training run with --resume"
 
 
@@ -613,6 +631,13 @@ def main() -> None:
     except VsaeError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the file system said no (read-only, full, a file where a folder goes): not a bug
+        if exc.errno not in FILE_SYSTEM_ERRORS or not exc.filename:
+            raise
+        hint = FILE_SYSTEM_ERRORS[exc.errno]
+        line = f"{exc.filename}: {exc.strerror}; {hint}"
+        console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     if code == 130:
         console.print(INTERRUPTED, soft_wrap=True)
     if isinstance(code, int) and code:

@@ -15,6 +15,7 @@ from vsae.archs.checkpoint import convert_space, load_sae, read_cfg
 from vsae.archs.sae import SAE
 from vsae.archs.steps import EPS_STREAM, make_generator
 from vsae.errors import VsaeError
+from vsae.files import check_writable_folder, write_atomic
 from vsae.metrics import Accumulator
 from vsae.progress import Progress
 from vsae.store.table import Table, open_table
@@ -87,6 +88,14 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
     return found
 
 
+def writable_checkpoints(paths: list[str]) -> list[Path]:
+    """The checkpoints below `paths`, each checked before any work to take its eval.json."""
+    found = find_checkpoints(paths)
+    for path in found:
+        check_writable_folder(path, "eval.json")
+    return found
+
+
 def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True) -> dict:
     """Core metrics (and CE/KL recovered) for one checkpoint under `cfg.convention`; also written to
     `<path>/eval.json`."""
@@ -98,6 +107,12 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True) -
         raise VsaeError(
             f"--convention saebench needs a language model; {path} was trained on a synthetic store"
         )
+    bench, skipped = cfg.saebench_evals(), {}
+    if synthetic and "core" in bench:  # before any work: asked for by name it is an error, under `all` a skip
+        if cfg.saebench.strip() != "all":
+            raise VsaeError(f"SAE Bench core needs a language model; {path} was trained on a synthetic store")
+        bench.remove("core")
+        skipped["core"] = "needs a language model (this checkpoint was trained on a synthetic store)"
     result = {"checkpoint": str(path), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae}
     result["convention"] = cfg.convention
     if cfg.convention == "saebench":
@@ -118,9 +133,11 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True) -
         result |= ce_recovered(
             sae, table, max_windows=cfg.ce_windows, lm=language_model(table, lm), show_progress=show_progress
         )
-    if "core" in cfg.saebench_evals():
+    if "core" in bench:
         result |= saebench_core(Path(path), sae, table, cfg)
-    (Path(path) / "eval.json").write_text(json.dumps(result, indent=2))
+    if skipped:
+        result["saebench_skipped"] = skipped
+    write_atomic(Path(path) / "eval.json", json.dumps(result, indent=2))
     return result
 
 
@@ -139,10 +156,6 @@ def saebench_core(path: Path, sae: SAE, table: Table, cfg: EvalConfig) -> dict:
     )
     from vsae.harvest.models import load_model
 
-    if table.provenance["model_id"] == "synthetic":
-        raise VsaeError(
-            "SAE Bench core needs a language model; this checkpoint was trained on a synthetic store"
-        )
     settings = CoreSettings(cfg.saebench_prompts, cfg.saebench_batches)
     loaded = load_model(model_name(table))
     bench = run_core(path, table, loaded, settings)

@@ -19,6 +19,7 @@ import torch
 
 from vsae.archs.sae import SAE
 from vsae.errors import VsaeError
+from vsae.files import write_atomic
 from vsae.store.table import Table
 
 # SAE Bench evals and what each needs beyond a model and a store (none of it is reachable offline).
@@ -211,5 +212,5 @@ def saebench_convention(
 def write_results(checkpoint: Path, name: str, result: dict) -> Path:
     """`saebench_<eval>.json` beside the checkpoint's eval.json."""
     path = Path(checkpoint) / f"saebench_{name}.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+    write_atomic(path, json.dumps(result, indent=2, default=str))
     return path

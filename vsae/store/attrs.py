@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from numbers import Real
 
-REPAIR = "re-run the command that wrote it (a harvest or `vsae synthetic` finishes it again), or redo it with --force"
-
 # laid out before any shard is written (prepare_table)
 LAYOUT = {
     "format": str,
@@ -51,10 +49,8 @@ def layout_problem(attrs: dict) -> str | None:
     return None
 
 
-def complete_problem(attrs: dict) -> str | None:
-    """What a table marked complete is missing or has damaged, or None when it is whole."""
-    if problem := layout_problem(attrs):
-        return problem
+def finish_problem(attrs: dict) -> str | None:
+    """What the finish of a table marked complete lacks or has damaged, or None (layout checked first)."""
     for name, kind in FINISH.items():
         if problem := _bad(attrs, name, kind):
             return problem
@@ -64,4 +60,17 @@ def complete_problem(attrs: dict) -> str | None:
             return f"has a damaged 'stats' attribute (no {key})"
     if not 0 < attrs["n_train_chunks"] or attrs["n_tokens"] < 1:
         return "has damaged token counts (n_tokens, n_train_chunks)"
+    return None
+
+
+def table_problem(attrs: dict) -> str | None:
+    """What is wrong with a table's attributes and what to do about it, or None when they are whole.
+    A lost finish is written again by the command that wrote the table; damaged layout needs --force."""
+    if problem := layout_problem(attrs):
+        return f"{problem}; redo it with --force"
+    if attrs.get("complete") and (problem := finish_problem(attrs)):
+        return (
+            f"{problem}; re-run the command that wrote it (a harvest or `vsae synthetic` finishes it "
+            "again), or redo it with --force"
+        )
     return None

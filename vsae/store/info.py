@@ -6,9 +6,9 @@ import fsspec
 from rich.table import Table as RichTable
 
 from vsae.errors import VsaeError
-from vsae.store.attrs import REPAIR, complete_problem, layout_problem
+from vsae.store.attrs import table_problem
 from vsae.store.layout import open_root
-from vsae.store.table import list_tables
+from vsae.store.table import list_tables, metadata_errors
 from vsae.store.verify import check_present, verify_table
 from vsae.store.writer import committed_tokens
 
@@ -39,43 +39,46 @@ def describe(store: str, verify: bool = False) -> list[dict]:
     root = open_root(store, "r")
     rows = []
     for path in list_tables(root):
-        group = root[path]
-        attrs = dict(group.attrs)
-        complete = bool(attrs.get("complete"))
-        problem = complete_problem(attrs) if complete else layout_problem(attrs)
-        if problem:  # the attributes cannot be trusted: say so, and show what can still be read
-            damage, checked = f"{problem}; {REPAIR}", None
-        else:
-            damage, checked = _damage(group, path, verify) if complete else (None, None)
-        n = attrs["n_tokens"] if complete and not problem else committed_tokens(group)
-        d = group["activations"].shape[1]
-        on_disk = _bytes_on_disk(store, path)
-        fp32 = n * d * 4
-        prov = attrs.get("provenance") if isinstance(attrs.get("provenance"), dict) else {}
-        rows.append(
-            {
-                "table": path,
-                "model": prov.get("model_id"),
-                "site": prov.get("site"),
-                "layer": prov.get("layer"),
-                "hook_name": prov.get("hook_name"),
-                "complete": complete,
-                "damage": damage,
-                "objects_verified": checked,
-                "tokens": int(n),
-                "d": int(d),
-                "dtype": attrs.get("dtype"),
-                "bytes_on_disk": on_disk,
-                "bytes_per_token": on_disk / n if n else None,
-                "compression_vs_fp32": fp32 / on_disk if on_disk else None,
-                "heldout_fraction": None if problem else attrs.get("heldout_fraction"),
-                "heldout_tokens": None if problem else attrs.get("heldout_tokens"),
-                "progress": None if complete else {"tokens": n, "of": _config(attrs).get("tokens", 0)},
-                "config": _config(attrs),
-                "provenance": prov,
-            }
-        )
+        with metadata_errors(root):
+            rows.append(_describe_table(store, root[path], path, verify))
     return rows
+
+
+def _describe_table(store: str, group, path: str, verify: bool) -> dict:
+    """One table's row; attributes that cannot be trusted show as damage, never as a traceback."""
+    attrs = dict(group.attrs)
+    complete = bool(attrs.get("complete"))
+    problem = table_problem(attrs)
+    if problem:  # the attributes cannot be trusted: say so, and show what can still be read
+        damage, checked = problem, None
+    else:
+        damage, checked = _damage(group, path, verify) if complete else (None, None)
+    n = attrs["n_tokens"] if complete and not problem else committed_tokens(group)
+    d = group["activations"].shape[1]
+    on_disk = _bytes_on_disk(store, path)
+    fp32 = n * d * 4
+    prov = attrs.get("provenance") if isinstance(attrs.get("provenance"), dict) else {}
+    return {
+        "table": path,
+        "model": prov.get("model_id"),
+        "site": prov.get("site"),
+        "layer": prov.get("layer"),
+        "hook_name": prov.get("hook_name"),
+        "complete": complete,
+        "damage": damage,
+        "objects_verified": checked,
+        "tokens": int(n),
+        "d": int(d),
+        "dtype": attrs.get("dtype"),
+        "bytes_on_disk": on_disk,
+        "bytes_per_token": on_disk / n if n else None,
+        "compression_vs_fp32": fp32 / on_disk if on_disk else None,
+        "heldout_fraction": None if problem else attrs.get("heldout_fraction"),
+        "heldout_tokens": None if problem else attrs.get("heldout_tokens"),
+        "progress": None if complete else {"tokens": n, "of": _config(attrs).get("tokens", 0)},
+        "config": _config(attrs),
+        "provenance": prov,
+    }
 
 
 def info_table(store: str, rows: list[dict]) -> RichTable:

@@ -11,7 +11,7 @@ import torch
 import zarr
 
 from vsae.errors import VsaeError
-from vsae.store.attrs import REPAIR, complete_problem
+from vsae.store.attrs import table_problem
 from vsae.store.layout import from_storage, open_root
 from vsae.store.verify import check_present, object_keys
 
@@ -25,8 +25,8 @@ class Table:
         self.attrs = dict(group.attrs)
         if not self.attrs.get("complete"):
             raise VsaeError(f"table {path} is not complete; finish it with `vsae harvest` (it resumes)")
-        if problem := complete_problem(self.attrs):
-            raise VsaeError(f"table {path} {problem}; {REPAIR}")
+        if problem := table_problem(self.attrs):
+            raise VsaeError(f"table {path} {problem}")
         check_present(group, path)
         self.acts = group["activations"]
         self.n_tokens, self.d = self.acts.shape
@@ -115,21 +115,42 @@ class Table:
 
 
 @contextlib.contextmanager
-def _metadata_errors(root: zarr.Group):
-    """A zarr.json that is not JSON (or not zarr metadata) is a one-line error naming the store."""
+def metadata_errors(root: zarr.Group):
+    """A zarr.json that is not JSON (truncated, a non-UTF-8 byte) or not zarr metadata is a one-line error
+    naming the file."""
     try:
         yield
-    except (ValueError, TypeError, KeyError) as exc:
-        where = getattr(root.store, "root", root.store)
+    except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError, UnicodeDecodeError, zarr's own
+        where = str(getattr(root.store, "root", root.store))
+        damaged = damaged_metadata(where) or "a zarr.json metadata file"
         raise VsaeError(
-            f"store {where}: a zarr.json metadata file is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"store {where}: {damaged} is damaged ({type(exc).__name__}); restore it or re-harvest with --force"
         ) from exc
+
+
+def damaged_metadata(store: str) -> str | None:
+    """The first zarr.json below `store` that does not parse as UTF-8 JSON, or None."""
+    import json
+
+    import fsspec
+
+    try:
+        fs, base = fsspec.core.url_to_fs(store)
+        files = sorted(f for f in fs.find(base) if f.endswith("zarr.json"))
+    except Exception:  # an unlistable store: the caller's generic message stands
+        return None
+    for f in files:
+        try:
+            json.loads(fs.cat_file(f).decode("utf-8"))
+        except (ValueError, OSError):
+            return f
+    return None
 
 
 def list_tables(root: zarr.Group) -> list[str]:
     """Paths of every table (complete or not) below a store root."""
     out = []
-    with warnings.catch_warnings(), _metadata_errors(root):
+    with warnings.catch_warnings(), metadata_errors(root):
         # writer lock files (<table>.lock) sit beside the tables and are not Zarr nodes
         warnings.filterwarnings("ignore", message=r".*\.lock is not recognized")
         for model_name, model_group in root.groups():
@@ -161,6 +182,5 @@ def open_table(
         raise VsaeError(
             f"store {store} has several tables ({', '.join(chosen)}); pick one with --model/--site/--layer"
         )
-    with _metadata_errors(root):
-        group = root[chosen[0]]
-    return Table(group, chosen[0])
+    with metadata_errors(root):
+        return Table(root[chosen[0]], chosen[0])

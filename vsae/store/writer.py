@@ -21,7 +21,7 @@ import torch
 import zarr
 
 from vsae.errors import VsaeError
-from vsae.store.attrs import complete_problem, layout_problem
+from vsae.store.attrs import finish_problem, layout_problem
 from vsae.store.faults import failpoint
 from vsae.store.layout import (
     COMPRESSION_LEVEL,
@@ -80,7 +80,7 @@ def prepare_table(
                 f"table {path} was harvested with {key}={old.get(key)!r}, not {config.get(key)!r}; "
                 "use the same settings to resume, or --force to redo it"
             )
-    if attrs.get("complete") and (problem := complete_problem(attrs)):
+    if attrs.get("complete") and (problem := finish_problem(attrs)):
         # marked complete by a vsae that wrote the mark before the statistics, killed in between: every
         # shard is committed, so the resume re-reads them and writes the finish again
         log.warning("table %s is marked complete but %s; finishing it again", path, problem)

@@ -17,6 +17,7 @@ import vsae
 from vsae.archs.checkpoint import read_cfg, write_checkpoint
 from vsae.distributed import World
 from vsae.errors import VsaeError
+from vsae.files import write_atomic
 from vsae.store.reader import ShuffledBatches
 from vsae.store.table import Table
 from vsae.train.run import SAERun
@@ -92,10 +93,12 @@ def save(run: SAERun, provenance: dict, reader: ShuffledBatches, intermediate: b
             target, run.model, run.c, run.meta(provenance), run.trainer_state(reader.state_dict())
         )
     except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
+        if exc.errno == errno.ENOSPC:
+            why, fix = "disk full", "free space"
+        else:
+            why, fix = exc.strerror or type(exc).__name__, "make it writable"
         raise VsaeError(
-            f"disk full while writing {target}; earlier checkpoints are intact: free space, then --resume"
+            f"{why} while writing {target}; earlier checkpoints are intact: {fix}, then --resume"
         ) from exc
 
 
@@ -107,6 +110,25 @@ def resume_point(folder: Path) -> Path | None:
     candidates = [folder, *(folder / "checkpoints").glob("step_*")]
     complete = [c for c in candidates if all((c / name).is_file() for name in CHECKPOINT_FILES)]
     return max(complete, key=lambda c: int(read_cfg(c).get("state", {}).get("step", -1)), default=None)
+
+
+def changed_settings(run: SAERun) -> str | None:
+    """A run's folder is named by its settings, so a resume with one changed looks for another folder: name
+    the resumable run beside it of the same architecture and the settings that differ."""
+    wanted = run.cfg.to_dict()
+    for sibling in sorted(p for p in run.out.parent.iterdir() if p.is_dir() and p != run.out):
+        try:
+            point = resume_point(sibling)
+            model = read_cfg(point)["model"] if point else None
+        except (VsaeError, OSError, ValueError, KeyError):
+            continue  # not a run (or a damaged one): no clue to give
+        if not isinstance(model, dict) or model.get("architecture") != wanted["architecture"]:
+            continue
+        diff = [k for k in sorted(wanted) if k in model and model[k] != wanted[k]]
+        if diff:
+            shown = ", ".join(f"{k}={model[k]!r}, not {wanted[k]!r}" for k in diff[:3])
+            return f"; {sibling} was trained with {shown}: resume with its settings"
+    return None
 
 
 def read_trainer_state(path: Path) -> dict:
@@ -133,8 +155,8 @@ def restore(runs: list[SAERun], reader: ShuffledBatches) -> int:
         point = resume_point(run.out)
         if point is None:
             raise VsaeError(
-                f"nothing to resume in {run.out} (no complete checkpoint with trainer_state.pt); "
-                "train without --resume"
+                f"nothing to resume in {run.out} (no complete checkpoint with trainer_state.pt)"
+                + (changed_settings(run) or "; train without --resume")
             )
         read_cfg(point)
         state = read_trainer_state(point / "trainer_state.pt")
@@ -159,6 +181,4 @@ def truncate_metrics(folder: Path, step: int) -> None:
     keep = [
         line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step
     ]
-    tmp = path.with_name(".metrics.jsonl.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in keep))
-    tmp.replace(path)
+    write_atomic(path, "".join(f"{line}\n" for line in keep))

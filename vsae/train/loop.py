@@ -14,6 +14,7 @@ from vsae.archs import workspace
 from vsae.archs.registry import check_arch, predicted_noise_power
 from vsae.distributed import setup as setup_world
 from vsae.errors import VsaeError
+from vsae.files import check_writable_folder
 from vsae.progress import Progress, console
 from vsae.progress import results as results_console
 from vsae.store.faults import failpoint
@@ -60,6 +61,11 @@ def train(
     total = _total_steps(tcfg, table, world.size)
     c = table.norm_factor() if tcfg.normalization == "expected_norm" else 1.0
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VsaeError(f"--out {out} is a file, not a folder; choose a folder for the checkpoints")
+    if out.exists():
+        check_writable_folder(out, "checkpoints")
+    made_out = not out.exists()  # removed again if this run fails before it saves anything
     runs = [SAERun(spec, table, tcfg, total, c, out, world) for spec in specs]
     names = [r.out.name for r in runs]
     if len(set(names)) != len(names):
@@ -131,6 +137,8 @@ def train(
         if not resume and world.is_main:
             for run in runs:
                 drop_unsaved_run(run.out)
+            if made_out and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
         raise
     finally:
         reader.close()

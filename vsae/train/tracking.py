@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from vsae.errors import VsaeError
+from vsae.files import write_atomic
 
 ID_FILE = "wandb_run.json"  # beside cfg.json: lets `vsae eval --wandb` and `--resume` continue the same run
 
@@ -50,9 +51,9 @@ def open_run(project: str, folder: Path, config: dict, resume: bool = False):
         reinit="create_new",
         settings=wandb.Settings(silent=True, console="off"),
     )
-    tmp = id_path.with_name(id_path.name + ".tmp")
-    tmp.write_text(json.dumps({"project": project, "id": run.id, "mode": os.environ.get("WANDB_MODE", "")}))
-    tmp.replace(id_path)  # whole or absent
+    write_atomic(
+        id_path, json.dumps({"project": project, "id": run.id, "mode": os.environ.get("WANDB_MODE", "")})
+    )
     return run
 
 
