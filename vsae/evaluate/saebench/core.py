@@ -1,4 +1,4 @@
-"""`vsae eval --saebench core`: SAE Bench's own core eval on a checkpoint, offline.
+"""SAE Bench's core eval on a checkpoint, offline, and vsae's own numbers under SAE Bench's conventions.
 
 The language model is rebuilt as a TransformerLens HookedTransformer from the same local weights vsae
 harvested with (no weight processing, so activations at the hook equal the stored ones), the text is the
@@ -22,19 +22,6 @@ from vsae.errors import VsaeError
 from vsae.files import write_atomic
 from vsae.store.table import Table
 
-# SAE Bench evals and what each needs beyond a model and a store (none of it is reachable offline).
-NEEDS = {
-    "core": None,
-    "absorption": "the hub dataset of its first-letter spelling task and an LLM-written vocabulary",
-    "sparse_probing": "hub datasets (bias_in_bios, amazon_reviews, ag_news, europarl, github-code)",
-    "scr": "hub datasets (bias_in_bios, amazon_reviews) for its spurious-correlation probes",
-    "tpp": "hub datasets (bias_in_bios, amazon_reviews) for its targeted probe perturbation",
-    "autointerp": "an OpenAI API key (OPENAI_API_KEY) and the hub dataset it explains features on",
-    "unlearning": "the WMDP bio forget set and a Gemma-2 instruct model from the hub",
-    "ravel": "the RAVEL hub dataset",
-    "mdl": "the hub text dataset it measures description length on",
-}
-
 
 @dataclass
 class CoreSettings:
@@ -44,25 +31,6 @@ class CoreSettings:
     """Context windows per batch."""
     batches: int = 2
     """Batches for each of SAE Bench's two passes (reconstruction, sparsity/variance)."""
-
-
-def parse_evals(text: str) -> list[str]:
-    """`core,absorption` or `all` → eval names; an unknown name is a one-line error."""
-    names = list(NEEDS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in NEEDS]
-    if unknown or not names:
-        raise VsaeError(
-            f"unknown SAE Bench eval(s) {unknown or [text]}; choose from {', '.join(NEEDS)} or all"
-        )
-    return names
-
-
-def unreachable(names: list[str], explicit: bool) -> list[str]:
-    """Evals that cannot run here, as one line each; asked for by name (not via `all`) they are an error."""
-    missing = [f"{n}: needs {NEEDS[n]}" for n in names if NEEDS[n]]
-    if missing and explicit:
-        raise VsaeError(f"SAE Bench {missing[0]}, which this machine cannot reach; run --saebench core here")
-    return missing
 
 
 def heldout_tokens(table: Table, settings: CoreSettings) -> torch.Tensor:
@@ -78,34 +46,6 @@ def heldout_tokens(table: Table, settings: CoreSettings) -> torch.Tensor:
     return torch.from_numpy(ids)
 
 
-def hooked_transformer(loaded):
-    """A HookedTransformer with the Hugging Face model's own weights, unprocessed (no folding or centring)."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens.loading_from_pretrained import (
-        get_pretrained_model_config,
-        get_pretrained_state_dict,
-    )
-
-    path = loaded.model.config._name_or_path
-    try:
-        cfg = get_pretrained_model_config(
-            path, hf_cfg=loaded.model.config.to_dict(), fold_ln=False, device="cpu"
-        )
-        state = get_pretrained_state_dict(path, cfg, hf_model=loaded.model)
-    except (ValueError, KeyError, NotImplementedError) as exc:
-        raise VsaeError(f"TransformerLens cannot rebuild {path} ({str(exc).splitlines()[0][:120]})") from exc
-    model = HookedTransformer(cfg, tokenizer=loaded.tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    return model.eval()
-
-
 def run_core(checkpoint: Path, table: Table, loaded, settings: CoreSettings) -> dict:
     """SAE Bench's `run_evals` (core) on the held-out windows; returns its scalar metrics."""
     from datasets import Dataset
@@ -114,10 +54,11 @@ def run_core(checkpoint: Path, table: Table, loaded, settings: CoreSettings) -> 
     from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
     from sae_lens.training.activations_store import ActivationsStore
 
+    from vsae.evaluate.saebench.model import hooked_transformer
     from vsae.interop.saebench import saebench_sae
 
     tokens = heldout_tokens(table, settings)
-    model = hooked_transformer(loaded)
+    model = hooked_transformer(loaded)  # a fresh one: core runs the whole model (CE, KL), no early stop
     _, sae, _ = load_and_format_sae("vsae", saebench_sae(checkpoint), "cpu")
     store = ActivationsStore(
         model=model,

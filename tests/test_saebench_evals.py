@@ -1,0 +1,186 @@
+"""SAE Bench's other offline evals through `vsae eval --saebench …`: SAE Bench's and sae-probes' own code on a
+trained checkpoint of a tiny model, each JSON checked against SAE Bench's schema where it ships one, and the
+numbers vsae can derive on its own compared with theirs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+# absorption's prompts are the tokenizer's alphabetic tokens: SmolLM2's ~19k cost minutes per eval on 2
+# cores, so this model gets a 1000-token byte-level BPE (701 alphabetic tokens) trained on pydoc's text
+VOCAB = 1000
+
+
+def small_tokenizer():
+    import pydoc_data.topics
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    # SAE Bench's absorption prompt "{word} has the first letter:" reads the word 6 tokens from the end
+    text = [*pydoc_data.topics.topics.values(), *[" cat has the first letter: c"] * 100]
+    tok.train_from_iterator(text, trainer)
+    special = "<|endoftext|>"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=special, eos_token=special, pad_token=special
+    )
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A tiny GPT-NeoX with that tokenizer, a store of its layer-1 residual stream and a trained topk."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    root = tmp_path_factory.mktemp("bench")
+    tok = small_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=512,
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = root / "tiny-bpe"
+    GPTNeoXForCausalLM(cfg).save_pretrained(model)
+    tok.save_pretrained(model)
+    store = root / "acts"
+    harvest = ["--layer", "1", "--dataset", "pydoc", "--tokens", "16000", "--chunk-tokens", "512"]
+    run_cli("harvest", model, *harvest, "--heldout-fraction", "0.2", "--store", store)
+    train = ["--arch", "topk", "--k", "8", "--dict-size", "256", "--steps", "60", "--batch-size", "512"]
+    run_cli("train", "--store", store, *train, "--out", root / "ckpt")
+    return {"model": model, "store": store, "ckpt": root / "ckpt" / "topk_256_k8_s0"}
+
+
+def _bench(ckpt, evals: str, *settings: str) -> dict:
+    sets = [a for s in settings for a in ("--saebench-set", s)]
+    run_cli("eval", ckpt, "--no-ce", "--saebench", evals, *sets)
+    return json.loads((ckpt / "eval.json").read_text())
+
+
+def _schema_checked(name: str, output: dict, schema_file: str) -> None:
+    import jsonschema
+    import sae_bench
+
+    schema = json.loads((__import__("pathlib").Path(sae_bench.__file__).parent / schema_file).read_text())
+    jsonschema.validate(output, schema)
+
+
+def test_meta_structure_explains_the_decoder_vsae_exports(small):
+    """Its FVE is 1 − Σ‖d − d̂‖² / Σ‖d − d̄‖² over the decoder rows; its MSE is Σ‖d − d̂‖² / numel. The
+    denominator computed here from vsae's unit-norm export ties the two: a decoder whose rows had other norms
+    (a wrong export) breaks the identity. (It cannot tell a permutation of the decoder's columns.)"""
+    from vsae.archs.checkpoint import load_sae
+    from vsae.interop.export_saelens import deployable
+
+    result = _bench(small["ckpt"], "meta_structure", "meta_structure.train_steps=200")
+    output = json.loads((small["ckpt"] / "saebench_meta_structure.json").read_text())
+    _schema_checked(
+        "meta_structure",
+        output,
+        "evals/meta_structure/eval_output_schema_meta_structure_decoder_variance.json",
+    )
+    m = output["eval_result_metrics"]["meta_structure"]
+    assert output["eval_config"]["train_steps"] == 200
+    model, _ = deployable(load_sae(small["ckpt"]))
+    rows = model.W_dec.detach().double()
+    rows = rows / rows.norm(dim=1, keepdim=True)
+    total = float((rows - rows.mean(0)).square().sum())
+    assert m["decoder_fraction_variance_explained"] == pytest.approx(
+        1 - m["final_reconstruction_mse"] * rows.numel() / total, rel=1e-5
+    )
+    assert result["saebench/meta_structure/decoder_fve"] == m["decoder_fraction_variance_explained"]
+
+
+def test_absorption_runs_saebench_on_the_checkpoints_own_model(small, tmp_path, monkeypatch):
+    """SAE Bench's absorption, first-letter probes on the model's own vocabulary. On a random tiny model
+    SAE Bench concludes it cannot score (too few letters with a good probe): vsae records that as a result,
+    and the per-letter probe F1 it reports bears the reason out. Nothing is left in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    result = _bench(small["ckpt"], "absorption", "absorption.k_sparse_probe_num_epochs=2")
+    output = json.loads((small["ckpt"] / "saebench_absorption.json").read_text())
+    if output.get("scored") is False:
+        f1 = output["probe_f1_by_letter"]
+        assert sorted(f1) == list("abcdefghijklmnopqrstuvwxyz")
+        above = sum(v > output["eval_config"]["min_GT_probe_f1"] for v in f1.values())
+        assert (
+            above < output["eval_config"]["min_feats_for_eval"] and f"{above} letter(s)" in output["reason"]
+        )
+        assert result["saebench/absorption/not_scored"] == output["reason"]
+    else:
+        _schema_checked(
+            "absorption", output, "evals/absorption/eval_output_schema_absorption_first_letter.json"
+        )
+        mean = output["eval_result_metrics"]["mean"]["mean_absorption_fraction_score"]
+        assert result["saebench/absorption/mean_absorption"] == mean
+    assert list(tmp_path.iterdir()) == []  # SAE Bench's artifacts went to a scratch folder, now removed
+
+
+def test_the_early_stop_gives_the_same_hook_activations(small):
+    """`stop_after_hooks` runs only the blocks up to the cached hook: the activations are bit-identical to a
+    full forward, the logits are None (never silently the residual stream), other hooks run in full."""
+    from vsae.evaluate.saebench.model import hooked_transformer, stop_after_hooks
+    from vsae.harvest.models import load_model
+
+    model = hooked_transformer(load_model(str(small["model"])))
+    ids = torch.randint(1, VOCAB, (3, 17), generator=torch.Generator().manual_seed(0))
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    full_logits, full = model.run_with_cache(ids, names_filter=hooks)
+    stop_after_hooks(model)
+    logits, stopped = model.run_with_cache(ids, names_filter=hooks)
+    assert logits is None
+    for hook in hooks:
+        assert torch.equal(stopped[hook], full[hook])
+    logits, final = model.run_with_cache(ids, names_filter=["ln_final.hook_normalized"])
+    assert torch.equal(logits, full_logits) and "ln_final.hook_normalized" in final
+
+
+def test_sae_probes_sparse_probing_with_its_shipped_datasets(small):
+    """sae-probes on the default datasets its wheel ships (a setting overridden from the CLI): SAE probes at
+    each k and the raw-activation baseline beside them, per dataset and averaged."""
+    result = _bench(small["ckpt"], "sparse_probing_sae_probes", "sparse_probing_sae_probes.ks=[1,5]")
+    output = json.loads((small["ckpt"] / "saebench_sparse_probing_sae_probes.json").read_text())
+    assert output["eval_config"]["dataset_names"] == [
+        "117_us_state_FL",
+        "154_athlete_sport_football",
+        "149_twt_emotion_happiness",
+        "96_spam_is",
+    ]
+    details = {d["dataset_name"]: d for d in output["eval_result_details"]}
+    assert sorted(details) == sorted(output["eval_config"]["dataset_names"])
+    sae_metrics = output["eval_result_metrics"]["sae"]
+    for k in (1, 5):
+        accs = [d[f"sae_top_{k}_test_accuracy"] for d in details.values()]
+        assert sae_metrics[f"sae_top_{k}_test_accuracy"] == pytest.approx(np.mean(accs))
+    llm = output["eval_result_metrics"]["llm"]["llm_test_accuracy"]
+    assert llm == pytest.approx(np.mean([d["llm_test_accuracy"] for d in details.values()]))
+    assert result["saebench/sparse_probing_sae_probes/llm_accuracy"] == llm
+    assert all(0 <= d["llm_test_accuracy"] <= 1 for d in details.values())
+
+
+def test_mdl_reads_the_store_windows_and_finer_bins_cost_less_error(small):
+    """MDL on the store's own windows: per (bins, k) a description length and the quantised code's MSE.
+    Quantising to more bins can only bring each latent nearer its value: the MSE falls as bins grow."""
+    _bench(small["ckpt"], "mdl", "mdl.num_bins_values=[2,8,32]", "mdl.k_values=[8]", "mdl.sae_batch_size=8")
+    output = json.loads((small["ckpt"] / "saebench_mdl.json").read_text())
+    rows = sorted(output["eval_results"], key=lambda r: r["num_bins"])
+    assert [r["num_bins"] for r in rows] == [2, 8, 32] and all(r["k"] == 8 for r in rows)
+    assert all(r["description_length"] > 0 for r in rows)
+    mse = [r["mse_loss"] for r in rows]
+    assert mse[0] > mse[1] > mse[2] >= 0, mse
