@@ -184,3 +184,84 @@ def test_mdl_reads_the_store_windows_and_finer_bins_cost_less_error(small):
     assert all(r["description_length"] > 0 for r in rows)
     mse = [r["mse_loss"] for r in rows]
     assert mse[0] > mse[1] > mse[2] >= 0, mse
+
+
+@pytest.fixture(scope="module")
+def llm_server(tmp_path_factory):
+    """`transformers serve` of the packaged SmolLM2-135M-Instruct on a free loopback port; stopped after."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    pytest.importorskip("fastapi", reason="transformers serve needs the serving extra (fastapi, uvicorn)")
+    pytest.importorskip("uvicorn", reason="transformers serve needs the serving extra (fastapi, uvicorn)")
+    from vsae.harvest.models import packaged_smollm2
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    exe = Path(sys.executable).with_name("transformers")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(exe), "serve", str(packaged_smollm2()), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text()[-2000:]
+                time.sleep(1)
+        yield {"url": f"http://127.0.0.1:{port}/v1", "log": log}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_autointerp_talks_to_a_real_local_llm_server(small, llm_server):
+    """SAE Bench's autointerp against `transformers serve`: the server receives the explanation and scoring
+    requests. SmolLM2-135M is a weak judge: where it never answers in the format SAE Bench parses, the result
+    says so instead of a NaN score."""
+    url = llm_server["url"]
+    run_cli("eval", small["ckpt"], "--no-ce", "--saebench", "autointerp", "--llm-url", url, *_one_latent())
+    output = json.loads((small["ckpt"] / "saebench_autointerp.json").read_text())
+    posts = llm_server["log"].read_text().count("POST /v1/chat/completions")
+    assert posts >= 2, llm_server["log"].read_text()[-2000:]  # an explanation, then a scoring request
+    result = json.loads((small["ckpt"] / "eval.json").read_text())
+    if output.get("scored") is False:
+        assert "never answered the scoring prompt" in output["reason"]
+        assert result["saebench/autointerp/not_scored"] == output["reason"]
+    else:
+        _schema_checked("autointerp", output, "evals/autointerp/eval_output_schema_autointerp.json")
+        assert (
+            0 <= result["saebench/autointerp/score"] <= 1
+            and result["saebench/autointerp/latents_scored"] == 1
+        )
+
+
+def _one_latent():
+    return ("--saebench-set", "autointerp.n_latents=1")
+
+
+def test_autointerp_refuses_a_server_that_is_not_there_or_lacks_the_model(small, llm_server):
+    from conftest import run_vsae
+
+    before = sorted(p.name for p in small["ckpt"].iterdir())
+    bad = run_vsae(
+        "eval", small["ckpt"], "--saebench", "autointerp", "--llm-url", "http://127.0.0.1:9/v1", expect=2
+    )
+    assert bad.stderr.strip().startswith("error: cannot reach the LLM server at http://127.0.0.1:9/v1")
+    args = ("--saebench", "autointerp", "--llm-url", llm_server["url"], "--llm-model", "gpt-4o")
+    bad = run_vsae("eval", small["ckpt"], *args, expect=2)
+    assert "does not serve 'gpt-4o'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in small["ckpt"].iterdir()) == before

@@ -329,6 +329,8 @@ def eval_(
     saebench_prompts: Annotated[int, typer.Option(help=E["saebench_prompts"])] = 8,
     saebench_set: Annotated[list[str] | None, typer.Option(help=E["saebench_set"])] = None,
     saebench_datasets: Annotated[str, typer.Option(help=E["saebench_datasets"])] = "",
+    llm_url: Annotated[str | None, typer.Option(help=E["llm_url"])] = None,
+    llm_model: Annotated[str | None, typer.Option(help=E["llm_model"])] = None,
     convention: Annotated[str, typer.Option(help=E["convention"])] = "vsae",
     compare: Annotated[
         bool,
@@ -364,6 +366,8 @@ def eval_(
         saebench_prompts=saebench_prompts,
         saebench_set=saebench_set or [],
         saebench_datasets=saebench_datasets,
+        llm_url=llm_url,
+        llm_model=llm_model,
         convention=convention,
     )
     cfg.validate()
@@ -376,15 +380,16 @@ def eval_(
     if compare:
         _compare_arms(checkpoints, cfg, json_out)
         return
+    llm = cfg.llm()  # the server answers and serves the model, or a one-line error before any work
     results = []
     for path in writable_checkpoints(checkpoints):
-        results.append(evaluate(path, cfg))
+        results.append(evaluate(path, cfg, llm=llm))
         if wandb:
             log_eval(wandb, path, results[-1])
     results_console.print(comparison_table(results))
     from vsae.evaluate.saebench.registry import unreachable
 
-    for line in unreachable(names, explicit=False):
+    for line in unreachable(names, explicit=False, llm_given=llm is not None):
         console.print(f"[yellow]SAE Bench skipped[/] {line}", soft_wrap=True)
     for result in results:
         for name, why in result.get("saebench_skipped", {}).items():
@@ -406,7 +411,8 @@ def _compare_arms(folders: list[str], cfg: EvalConfig, json_out: Path | None) ->
         raise VsaeError(f"--compare takes two folders of checkpoints (arms A and B), got {len(folders)}")
     arms = [writable_checkpoints([f]) for f in folders]
     check_arms(*arms, {p: read_cfg(p)["architecture"] for arm in arms for p in arm})
-    rows = compare(*([evaluate(p, cfg) for p in arm] for arm in arms))
+    llm = cfg.llm()
+    rows = compare(*([evaluate(p, cfg, llm=llm) for p in arm] for arm in arms))
     table = RichTable(title=f"A = {folders[0]}   B = {folders[1]}")
     for col in ("metric", "mean A", "mean B", "B − A (95% CI)", "p"):
         table.add_column(col, justify="right")

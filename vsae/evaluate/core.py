@@ -45,6 +45,10 @@ class EvalConfig:
     """Override an SAE Bench eval setting, as eval.setting=value (repeatable), e.g. absorption.max_k_value=5."""
     saebench_datasets: str = ""
     """sae-probes datasets for sparse_probing_sae_probes: comma-separated names, or all (default: four small ones)."""
+    llm_url: str | None = None
+    """OpenAI-compatible server for SAE Bench's autointerp (e.g. http://127.0.0.1:8000/v1); key from OPENAI_API_KEY."""
+    llm_model: str | None = None
+    """Model name on that server (default: the one it serves, else SAE Bench's gpt-4o-mini)."""
     saebench_batches: int = 2
     """Batches of held-out windows for each of SAE Bench core's two passes."""
     saebench_prompts: int = 8
@@ -75,8 +79,21 @@ class EvalConfig:
         if not self.saebench:
             return []
         names = parse_evals(self.saebench)
-        unreachable(names, explicit=self.saebench.strip() != "all")
+        unreachable(names, explicit=self.saebench.strip() != "all", llm_given=self.llm_given())
         return names
+
+    def llm_given(self) -> bool:
+        import os
+
+        return self.llm_url is not None or bool(os.environ.get("OPENAI_API_KEY"))
+
+    def llm(self):
+        """The LLM server for autointerp, reached and checked now (None when autointerp will not run)."""
+        from vsae.evaluate.saebench.autointerp import connect
+
+        if "autointerp" not in self.saebench_evals() or not self.llm_given():
+            return None
+        return connect(self.llm_url, self.llm_model)
 
     def saebench_overrides(self) -> dict[str, dict]:
         """--saebench-set as {eval: {setting: value}}; an unknown eval is a one-line error."""
@@ -132,9 +149,9 @@ def writable_checkpoints(paths: list[str]) -> list[Path]:
     return found
 
 
-def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True) -> dict:
+def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True, llm=None) -> dict:
     """Core metrics (and CE/KL recovered) for one checkpoint under `cfg.convention`; also written to
-    `<path>/eval.json`."""
+    `<path>/eval.json`. `llm`: the server autointerp talks to (EvalConfig.llm())."""
     meta = read_cfg(path)
     sae = load_sae(path)
     table = checkpoint_table(path, sae, cfg.store)
@@ -174,8 +191,8 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True) -
         )
     if "core" in bench:
         result |= saebench_core(Path(path), sae, table, cfg)
-    run = BenchRun(Path(path).resolve(), table, cfg.saebench_overrides(), cfg.probe_datasets())
-    for name in runnable(bench):
+    run = BenchRun(Path(path).resolve(), table, cfg.saebench_overrides(), cfg.probe_datasets(), llm)
+    for name in runnable(bench, llm is not None):
         result |= run_one(name, run)
     if skipped:
         result["saebench_skipped"] = skipped

@@ -29,6 +29,8 @@ class BenchRun:
     """SAE Bench config fields to override, per eval (--saebench-set)."""
     datasets: list[str] | None = None
     """sae-probes datasets (--saebench-datasets); None: the default CPU-sized set."""
+    llm: object = None
+    """The LLM server autointerp talks to (autointerp.LLM), checked before any work."""
 
     def language_model(self):
         """The checkpoint's model as (LoadedModel, HookedTransformer), built once per model."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vsae.errors import VsaeError
 from vsae.evaluate.saebench.absorption import run_absorption
+from vsae.evaluate.saebench.autointerp import run_autointerp
 from vsae.evaluate.saebench.context import BenchRun
 from vsae.evaluate.saebench.mdl import run_mdl
 from vsae.evaluate.saebench.meta_structure import run_meta_structure
@@ -50,6 +51,8 @@ class BenchEval:
     """Numbers for the comparison table, as `saebench/<eval>/<name>`."""
     config: str | None = None
     """SAE Bench's config class of the eval (module:Class), whose fields --saebench-set may override."""
+    needs_llm: bool = False
+    """Talks to an LLM server (--llm-url, or OPENAI_API_KEY for OpenAI's)."""
 
     def settings(self) -> set[str]:
         import dataclasses
@@ -96,7 +99,16 @@ EVALS = {
         headline={"description_length": _shortest_description},
         config="sae_bench.evals.mdl.eval_config:MDLEvalConfig",
     ),
-    "autointerp": BenchEval(None, lacks="an OpenAI-compatible LLM server; vsae does not wire autointerp yet"),
+    "autointerp": BenchEval(
+        run_autointerp,
+        schema="evals/autointerp/eval_output_schema_autointerp.json",
+        headline={
+            "score": _path("eval_result_metrics", "autointerp", "autointerp_score"),
+            "latents_scored": lambda output: len(output.get("eval_result_unstructured") or {}),
+        },
+        config="sae_bench.evals.autointerp.eval_config:AutoInterpEvalConfig",
+        needs_llm=True,
+    ),
     "sparse_probing": BenchEval(
         None, lacks=f"{HUB} (bias_in_bios, amazon_reviews, ag_news, europarl, github-code)"
     ),
@@ -118,17 +130,25 @@ def parse_evals(text: str) -> list[str]:
     return names
 
 
-def unreachable(names: list[str], explicit: bool) -> list[str]:
+LLM_LACKS = "an LLM server: --llm-url (an OpenAI-compatible server), or OPENAI_API_KEY for OpenAI's"
+
+
+def lacks(name: str, llm_given: bool) -> str | None:
+    """What this run lacks for eval `name`, or None when it can run."""
+    return EVALS[name].lacks or (LLM_LACKS if EVALS[name].needs_llm and not llm_given else None)
+
+
+def unreachable(names: list[str], explicit: bool, llm_given: bool) -> list[str]:
     """Evals that cannot run here, one line each; asked for by name (not via `all`) they are an error."""
-    missing = [f"{n}: needs {EVALS[n].lacks}" for n in names if EVALS[n].lacks]
+    missing = [f"{n}: needs {lacks(n, llm_given)}" for n in names if lacks(n, llm_given)]
     if missing and explicit:
-        raise VsaeError(f"SAE Bench {missing[0]}, which this machine cannot reach; run the others here")
+        raise VsaeError(f"SAE Bench {missing[0]}, which this run does not have; run the others here")
     return missing
 
 
-def runnable(names: list[str]) -> list[str]:
+def runnable(names: list[str], llm_given: bool) -> list[str]:
     """The evals of `names` that run here, core excepted (core.py runs it)."""
-    return [n for n in names if n != "core" and not EVALS[n].lacks]
+    return [n for n in names if n != "core" and not lacks(n, llm_given)]
 
 
 def check_schema(name: str, output: dict) -> None:
