@@ -68,9 +68,9 @@ def small(tmp_path_factory):
     return {"model": model, "store": store, "ckpt": root / "ckpt" / "topk_256_k8_s0"}
 
 
-def _bench(ckpt, evals: str, *settings: str) -> dict:
+def _bench(ckpt, evals: str, *settings: str, extra: tuple = ()) -> dict:
     sets = [a for s in settings for a in ("--saebench-set", s)]
-    run_cli("eval", ckpt, "--no-ce", "--saebench", evals, *sets)
+    run_cli("eval", ckpt, "--no-ce", "--saebench", evals, *sets, *extra)
     return json.loads((ckpt / "eval.json").read_text())
 
 
@@ -264,4 +264,72 @@ def test_autointerp_refuses_a_server_that_is_not_there_or_lacks_the_model(small,
     args = ("--saebench", "autointerp", "--llm-url", llm_server["url"], "--llm-model", "gpt-4o")
     bad = run_vsae("eval", small["ckpt"], *args, expect=2)
     assert "does not serve 'gpt-4o'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in small["ckpt"].iterdir()) == before
+
+
+def bias_in_bios_mirror(root):
+    """A small `LabHC/bias_in_bios` with the original's schema (hard_text, profession, gender; train and test
+    splits) saved as SAE Bench would find it under --saebench-data: each profession's bios share its own
+    words, so the raw activations separate the classes (the network is the only thing replaced)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    rng = np.random.default_rng(0)
+    words = ["file", "class", "module", "object", "string", "number", "list", "method", "function", "value"]
+    features = Features(
+        {
+            "hard_text": Value("string"),
+            "profession": ClassLabel(num_classes=28),
+            "gender": ClassLabel(num_classes=2),
+        }
+    )
+
+    def split(per_quadrant: int):
+        rows = {"hard_text": [], "profession": [], "gender": []}
+        for profession in (0, 1, 2, 6, 9):
+            for gender in (0, 1):
+                for _ in range(per_quadrant):
+                    filler = " ".join(rng.choice(words, 6))
+                    rows["hard_text"].append(
+                        f"the {words[profession]} of the {words[profession]} is {filler}"
+                    )
+                    rows["profession"].append(profession)
+                    rows["gender"].append(gender)
+        return Dataset.from_dict(rows, features=features)
+
+    folder = root / "LabHC__bias_in_bios"
+    DatasetDict({"train": split(20), "test": split(10)}).save_to_disk(str(folder))
+    return root
+
+
+def test_sparse_probing_reads_hub_data_from_a_local_mirror(small, tmp_path):
+    """SAE Bench's original sparse probing, end to end, on bias_in_bios served from --saebench-data: the JSON
+    meets SAE Bench's schema, and the raw-activation probes separate the professions the texts spell out."""
+    mirror = bias_in_bios_mirror(tmp_path / "mirror")
+    sets = [
+        'sparse_probing.dataset_names=["LabHC/bias_in_bios_class_set1"]',
+        "sparse_probing.probe_train_set_size=40",
+        "sparse_probing.probe_test_set_size=40",
+        "sparse_probing.k_values=[1,5]",
+    ]
+    result = _bench(small["ckpt"], "sparse_probing", *sets, extra=("--saebench-data", str(mirror)))
+    output = json.loads((small["ckpt"] / "saebench_sparse_probing.json").read_text())
+    _schema_checked("sparse_probing", output, "evals/sparse_probing/eval_output_schema_sparse_probing.json")
+    assert [d["dataset_name"] for d in output["eval_result_details"]] == [
+        "LabHC/bias_in_bios_class_set1_results"
+    ]
+    llm = output["eval_result_metrics"]["llm"]["llm_test_accuracy"]
+    assert llm > 0.9 and result["saebench/sparse_probing/llm_accuracy"] == llm
+
+
+def test_hub_data_evals_need_their_data_before_any_work(small, tmp_path):
+    from conftest import run_vsae
+
+    before = sorted(p.name for p in small["ckpt"].iterdir())
+    bad = run_vsae("eval", small["ckpt"], "--saebench", "sparse_probing", expect=2)
+    assert "sparse_probing: needs its hub datasets: --saebench-data" in bad.stderr
+    (tmp_path / "empty").mkdir()
+    args = ("--saebench", "sparse_probing", "--saebench-data", tmp_path / "empty")
+    bad = run_vsae("eval", small["ckpt"], *args, expect=2)
+    assert "lacks LabHC/bias_in_bios for SAE Bench sparse_probing" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in small["ckpt"].iterdir()) == before

@@ -331,6 +331,7 @@ def eval_(
     saebench_datasets: Annotated[str, typer.Option(help=E["saebench_datasets"])] = "",
     llm_url: Annotated[str | None, typer.Option(help=E["llm_url"])] = None,
     llm_model: Annotated[str | None, typer.Option(help=E["llm_model"])] = None,
+    saebench_data: Annotated[str | None, typer.Option(help=E["saebench_data"])] = None,
     convention: Annotated[str, typer.Option(help=E["convention"])] = "vsae",
     compare: Annotated[
         bool,
@@ -368,6 +369,7 @@ def eval_(
         saebench_datasets=saebench_datasets,
         llm_url=llm_url,
         llm_model=llm_model,
+        saebench_data=saebench_data,
         convention=convention,
     )
     cfg.validate()
@@ -389,7 +391,8 @@ def eval_(
     results_console.print(comparison_table(results))
     from vsae.evaluate.saebench.registry import unreachable
 
-    for line in unreachable(names, explicit=False, llm_given=llm is not None):
+    have = ({"llm"} if llm is not None else set()) | ({"data"} if cfg.saebench_data else set())
+    for line in unreachable(names, explicit=False, have=have):
         console.print(f"[yellow]SAE Bench skipped[/] {line}", soft_wrap=True)
     for result in results:
         for name, why in result.get("saebench_skipped", {}).items():

@@ -49,6 +49,8 @@ class EvalConfig:
     """OpenAI-compatible server for SAE Bench's autointerp (e.g. http://127.0.0.1:8000/v1); key from OPENAI_API_KEY."""
     llm_model: str | None = None
     """Model name on that server (default: the one it serves, else SAE Bench's gpt-4o-mini)."""
+    saebench_data: str | None = None
+    """sparse_probing's hub datasets: hub (the hub or its cache), or a folder of datasets.save_to_disk folders named by id (a/b as a__b)."""
     saebench_batches: int = 2
     """Batches of held-out windows for each of SAE Bench core's two passes."""
     saebench_prompts: int = 8
@@ -71,6 +73,7 @@ class EvalConfig:
             )
         self.saebench_overrides()
         self.probe_datasets()
+        self.check_data()
 
     def saebench_evals(self) -> list[str]:
         """The SAE Bench evals asked for; one asked for by name that cannot run here is an error."""
@@ -79,19 +82,33 @@ class EvalConfig:
         if not self.saebench:
             return []
         names = parse_evals(self.saebench)
-        unreachable(names, explicit=self.saebench.strip() != "all", llm_given=self.llm_given())
+        unreachable(names, explicit=self.saebench.strip() != "all", have=self.given())
         return names
 
-    def llm_given(self) -> bool:
+    def given(self) -> set[str]:
+        """What the user provided of what some evals need: "llm", "data"."""
         import os
 
-        return self.llm_url is not None or bool(os.environ.get("OPENAI_API_KEY"))
+        llm = self.llm_url is not None or bool(os.environ.get("OPENAI_API_KEY"))
+        return ({"llm"} if llm else set()) | ({"data"} if self.saebench_data else set())
+
+    def check_data(self) -> None:
+        """A local --saebench-data mirror holds every dataset the hub-data evals will load."""
+        from vsae.evaluate.saebench.hub_data import check_mirror
+
+        if "sparse_probing" in self.saebench_evals() and self.saebench_data:
+            from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+            names = self.saebench_overrides().get("sparse_probing", {}).get("dataset_names")
+            check_mirror(
+                self.saebench_data, names or SparseProbingEvalConfig().dataset_names, "sparse_probing"
+            )
 
     def llm(self):
         """The LLM server for autointerp, reached and checked now (None when autointerp will not run)."""
         from vsae.evaluate.saebench.autointerp import connect
 
-        if "autointerp" not in self.saebench_evals() or not self.llm_given():
+        if "autointerp" not in self.saebench_evals() or "llm" not in self.given():
             return None
         return connect(self.llm_url, self.llm_model)
 
@@ -191,8 +208,11 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True, l
         )
     if "core" in bench:
         result |= saebench_core(Path(path), sae, table, cfg)
-    run = BenchRun(Path(path).resolve(), table, cfg.saebench_overrides(), cfg.probe_datasets(), llm)
-    for name in runnable(bench, llm is not None):
+    run = BenchRun(
+        Path(path).resolve(), table, cfg.saebench_overrides(), cfg.probe_datasets(), llm, cfg.saebench_data
+    )
+    have = ({"llm"} if llm is not None else set()) | ({"data"} if cfg.saebench_data else set())
+    for name in runnable(bench, have):
         result |= run_one(name, run)
     if skipped:
         result["saebench_skipped"] = skipped

@@ -31,6 +31,8 @@ class BenchRun:
     """sae-probes datasets (--saebench-datasets); None: the default CPU-sized set."""
     llm: object = None
     """The LLM server autointerp talks to (autointerp.LLM), checked before any work."""
+    data: str | None = None
+    """Where the hub-data evals read their datasets (--saebench-data: hub, or a folder of save_to_disk folders)."""
 
     def language_model(self):
         """The checkpoint's model as (LoadedModel, HookedTransformer), built once per model."""

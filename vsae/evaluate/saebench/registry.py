@@ -17,6 +17,7 @@ from vsae.evaluate.saebench.context import BenchRun
 from vsae.evaluate.saebench.mdl import run_mdl
 from vsae.evaluate.saebench.meta_structure import run_meta_structure
 from vsae.evaluate.saebench.sae_probes import run_sae_probes
+from vsae.evaluate.saebench.sparse_probing import run_sparse_probing
 from vsae.progress import console
 
 
@@ -51,8 +52,8 @@ class BenchEval:
     """Numbers for the comparison table, as `saebench/<eval>/<name>`."""
     config: str | None = None
     """SAE Bench's config class of the eval (module:Class), whose fields --saebench-set may override."""
-    needs_llm: bool = False
-    """Talks to an LLM server (--llm-url, or OPENAI_API_KEY for OpenAI's)."""
+    needs: tuple[str, ...] = ()
+    """What the user must provide: "llm" (a server) and/or "data" (its hub datasets), see NEEDS."""
 
     def settings(self) -> set[str]:
         import dataclasses
@@ -62,7 +63,7 @@ class BenchEval:
         return {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
 
 
-HUB = "hub datasets via datasets.load_dataset"
+HUB = "hub datasets, which vsae does not serve to it yet"
 EVALS = {
     "core": BenchEval(None, schema="evals/core/eval_output_schema_core.json"),
     "absorption": BenchEval(
@@ -107,10 +108,17 @@ EVALS = {
             "latents_scored": lambda output: len(output.get("eval_result_unstructured") or {}),
         },
         config="sae_bench.evals.autointerp.eval_config:AutoInterpEvalConfig",
-        needs_llm=True,
+        needs=("llm",),
     ),
     "sparse_probing": BenchEval(
-        None, lacks=f"{HUB} (bias_in_bios, amazon_reviews, ag_news, europarl, github-code)"
+        run_sparse_probing,
+        schema="evals/sparse_probing/eval_output_schema_sparse_probing.json",
+        headline={
+            "sae_top_1_accuracy": _path("eval_result_metrics", "sae", "sae_top_1_test_accuracy"),
+            "llm_accuracy": _path("eval_result_metrics", "llm", "llm_test_accuracy"),
+        },
+        config="sae_bench.evals.sparse_probing.eval_config:SparseProbingEvalConfig",
+        needs=("data",),
     ),
     "scr": BenchEval(None, lacks=f"{HUB} (bias_in_bios, amazon_reviews) for its spurious-correlation probes"),
     "tpp": BenchEval(None, lacks=f"{HUB} (bias_in_bios, amazon_reviews) for its targeted probe perturbation"),
@@ -130,25 +138,28 @@ def parse_evals(text: str) -> list[str]:
     return names
 
 
-LLM_LACKS = "an LLM server: --llm-url (an OpenAI-compatible server), or OPENAI_API_KEY for OpenAI's"
+NEEDS = {
+    "llm": "an LLM server: --llm-url (an OpenAI-compatible server), or OPENAI_API_KEY for OpenAI's",
+    "data": "its hub datasets: --saebench-data DIR (datasets.save_to_disk folders), or hub where reachable",
+}
 
 
-def lacks(name: str, llm_given: bool) -> str | None:
-    """What this run lacks for eval `name`, or None when it can run."""
-    return EVALS[name].lacks or (LLM_LACKS if EVALS[name].needs_llm and not llm_given else None)
+def lacks(name: str, have: set[str]) -> str | None:
+    """What this run lacks for eval `name` (`have`: what the user gave of NEEDS), or None when it can run."""
+    return EVALS[name].lacks or next((NEEDS[n] for n in EVALS[name].needs if n not in have), None)
 
 
-def unreachable(names: list[str], explicit: bool, llm_given: bool) -> list[str]:
+def unreachable(names: list[str], explicit: bool, have: set[str]) -> list[str]:
     """Evals that cannot run here, one line each; asked for by name (not via `all`) they are an error."""
-    missing = [f"{n}: needs {lacks(n, llm_given)}" for n in names if lacks(n, llm_given)]
+    missing = [f"{n}: needs {lacks(n, have)}" for n in names if lacks(n, have)]
     if missing and explicit:
         raise VsaeError(f"SAE Bench {missing[0]}, which this run does not have; run the others here")
     return missing
 
 
-def runnable(names: list[str], llm_given: bool) -> list[str]:
+def runnable(names: list[str], have: set[str]) -> list[str]:
     """The evals of `names` that run here, core excepted (core.py runs it)."""
-    return [n for n in names if n != "core" and not lacks(n, llm_given)]
+    return [n for n in names if n != "core" and not lacks(n, have)]
 
 
 def check_schema(name: str, output: dict) -> None:

@@ -1,0 +1,66 @@
+"""Hub datasets for SAE Bench's data-bound evals, from where they are reachable: `--saebench-data hub` (the
+hub or the Hugging Face cache), or `--saebench-data DIR`, a folder of `datasets.save_to_disk` folders
+named by dataset id with `/` written as `__` (`DIR/LabHC__bias_in_bios`). vsae serves those folders at
+SAE Bench's one loading function, `dataset_utils.load_dataset`; everything after it is SAE Bench's."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from unittest import mock
+
+from vsae.errors import VsaeError
+
+HUB = "hub"
+
+
+def folder_name(dataset_id: str) -> str:
+    return dataset_id.replace("/", "__")
+
+
+def base_id(name: str) -> str:
+    """SAE Bench's dataset names carry a task suffix (`…_class_set1`, `…_sentiment`) after the hub id."""
+    for suffix in ("_class_set", "_sentiment"):
+        if suffix in name:
+            return name.split(suffix)[0]
+    return name
+
+
+def check_mirror(source: str | None, names: list[str], eval_name: str) -> None:
+    """Before any work: a local mirror holds every dataset the eval will load."""
+    if source in (None, HUB):
+        return
+    root = Path(source)
+    if not root.is_dir():
+        raise VsaeError(
+            f"--saebench-data {source} is not a folder (give a folder of save_to_disk folders, or hub)"
+        )
+    for name in names:
+        if not (root / folder_name(base_id(name))).is_dir():
+            raise VsaeError(
+                f"--saebench-data {source} lacks {base_id(name)} for SAE Bench {eval_name} (expected the "
+                f"datasets.save_to_disk folder {root / folder_name(base_id(name))})"
+            )
+
+
+@contextlib.contextmanager
+def served(source: str | None):
+    """SAE Bench's `load_dataset` reads the mirror's folders (falling through to the real one for others)."""
+    import sae_bench.sae_bench_utils.dataset_utils as dataset_utils
+
+    if source in (None, HUB):
+        yield
+        return
+    real = dataset_utils.load_dataset
+
+    def load_dataset(name, *args, split=None, streaming=False, **kwargs):
+        from datasets import load_from_disk
+
+        folder = Path(source) / folder_name(name)
+        if not folder.is_dir():
+            return real(name, *args, split=split, streaming=streaming, **kwargs)
+        data = load_from_disk(str(folder))
+        return data[split] if split is not None else data
+
+    with mock.patch.object(dataset_utils, "load_dataset", load_dataset):
+        yield
