@@ -269,12 +269,15 @@ def test_autointerp_refuses_a_server_that_is_not_there_or_lacks_the_model(small,
 
 def bias_in_bios_mirror(root):
     """A small `LabHC/bias_in_bios` with the original's schema (hard_text, profession, gender; train and test
-    splits) saved as SAE Bench would find it under --saebench-data: each profession's bios share its own
-    words, so the raw activations separate the classes (the network is the only thing replaced)."""
+    splits) saved as SAE Bench would find it under --saebench-data: each bio names its profession and uses
+    a gendered pronoun, so the raw activations separate both (the network is the only thing replaced). The
+    professions are sparse probing's class set 1 and SCR's four pairs (professor/nurse, …)."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+    from sae_bench.sae_bench_utils.dataset_info import profession_dict
 
     rng = np.random.default_rng(0)
-    words = ["file", "class", "module", "object", "string", "number", "list", "method", "function", "value"]
+    names = {v: k for k, v in profession_dict.items()}
+    filler = ["file", "class", "module", "object", "string", "number", "list", "method", "function", "value"]
     features = Features(
         {
             "hard_text": Value("string"),
@@ -285,19 +288,19 @@ def bias_in_bios_mirror(root):
 
     def split(per_quadrant: int):
         rows = {"hard_text": [], "profession": [], "gender": []}
-        for profession in (0, 1, 2, 6, 9):
-            for gender in (0, 1):
+        for profession in (0, 1, 2, 6, 9, 11, 13, 21, 22, 25, 26):
+            for gender, pronoun in ((0, "he"), (1, "she")):
                 for _ in range(per_quadrant):
-                    filler = " ".join(rng.choice(words, 6))
+                    words = " ".join(rng.choice(filler, 6))
                     rows["hard_text"].append(
-                        f"the {words[profession]} of the {words[profession]} is {filler}"
+                        f"{pronoun} is a {names[profession]} and {pronoun} wrote {words}"
                     )
                     rows["profession"].append(profession)
                     rows["gender"].append(gender)
         return Dataset.from_dict(rows, features=features)
 
-    folder = root / "LabHC__bias_in_bios"
-    DatasetDict({"train": split(20), "test": split(10)}).save_to_disk(str(folder))
+    # SCR draws more than twice its per-quadrant minimum (size / 4) from the biased quadrants
+    DatasetDict({"train": split(30), "test": split(25)}).save_to_disk(str(root / "LabHC__bias_in_bios"))
     return root
 
 
@@ -333,3 +336,27 @@ def test_hub_data_evals_need_their_data_before_any_work(small, tmp_path):
     assert "lacks LabHC/bias_in_bios for SAE Bench sparse_probing" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in small["ckpt"].iterdir()) == before
+
+
+@pytest.mark.parametrize("name", ["scr", "tpp"])
+def test_scr_and_tpp_read_hub_data_from_a_local_mirror(small, tmp_path, name):
+    """SAE Bench's SCR and TPP end to end on the mirrored bias_in_bios: the JSON meets SAE Bench's schema and
+    the ablation metrics exist for each requested number of latents. (Profession and gender are both
+    perfectly separable here, so SCR's normalised metric is 0/0, which SAE Bench reports as None; its
+    per-direction numbers are defined.)"""
+    mirror = bias_in_bios_mirror(tmp_path / "mirror")
+    sets = [
+        f'{name}.dataset_names=["LabHC/bias_in_bios_class_set1"]',
+        f"{name}.train_set_size=40",
+        f"{name}.test_set_size=40",
+        f"{name}.n_values=[2,5,20]",
+    ]
+    result = _bench(small["ckpt"], name, *sets, extra=("--saebench-data", str(mirror)))
+    output = json.loads((small["ckpt"] / f"saebench_{name}.json").read_text())
+    _schema_checked(name, output, f"evals/scr_and_tpp/eval_output_schema_{name}.json")
+    metrics = output["eval_result_metrics"][f"{name}_metrics"]
+    headline = "scr_metric_threshold_20" if name == "scr" else "tpp_threshold_20_total_metric"
+    assert result[f"saebench/{name}/top_20_metric"] == metrics[headline]
+    defined = "scr_dir1_threshold_20" if name == "scr" else "tpp_threshold_20_total_metric"
+    assert all(isinstance(metrics[defined.replace("20", str(n))], float) for n in (2, 5, 20))
+    assert metrics[defined.replace("20", "10")] is None  # not asked for

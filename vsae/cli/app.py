@@ -391,8 +391,7 @@ def eval_(
     results_console.print(comparison_table(results))
     from vsae.evaluate.saebench.registry import unreachable
 
-    have = ({"llm"} if llm is not None else set()) | ({"data"} if cfg.saebench_data else set())
-    for line in unreachable(names, explicit=False, have=have):
+    for line in unreachable(names, explicit=False, have=cfg.given(llm_checked=llm is not None)):
         console.print(f"[yellow]SAE Bench skipped[/] {line}", soft_wrap=True)
     for result in results:
         for name, why in result.get("saebench_skipped", {}).items():

@@ -85,24 +85,23 @@ class EvalConfig:
         unreachable(names, explicit=self.saebench.strip() != "all", have=self.given())
         return names
 
-    def given(self) -> set[str]:
-        """What the user provided of what some evals need: "llm", "data"."""
+    def given(self, llm_checked: bool | None = None) -> set[str]:
+        """What the user provided of what some evals need: "llm", "data". `llm_checked`: whether the LLM
+        server was reached (EvalConfig.llm()); None: whether one was named at all."""
         import os
 
         llm = self.llm_url is not None or bool(os.environ.get("OPENAI_API_KEY"))
+        llm = llm if llm_checked is None else llm_checked
         return ({"llm"} if llm else set()) | ({"data"} if self.saebench_data else set())
 
     def check_data(self) -> None:
         """A local --saebench-data mirror holds every dataset the hub-data evals will load."""
         from vsae.evaluate.saebench.hub_data import check_mirror
 
-        if "sparse_probing" in self.saebench_evals() and self.saebench_data:
-            from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
-
-            names = self.saebench_overrides().get("sparse_probing", {}).get("dataset_names")
-            check_mirror(
-                self.saebench_data, names or SparseProbingEvalConfig().dataset_names, "sparse_probing"
-            )
+        for name in self.saebench_evals():
+            if self.saebench_data and "data" in EVALS[name].needs:
+                names = self.saebench_overrides().get(name, {}).get("dataset_names")
+                check_mirror(self.saebench_data, names or EVALS[name].default("dataset_names"), name)
 
     def llm(self):
         """The LLM server for autointerp, reached and checked now (None when autointerp will not run)."""
@@ -211,8 +210,7 @@ def evaluate(path: Path, cfg: EvalConfig, lm=None, show_progress: bool = True, l
     run = BenchRun(
         Path(path).resolve(), table, cfg.saebench_overrides(), cfg.probe_datasets(), llm, cfg.saebench_data
     )
-    have = ({"llm"} if llm is not None else set()) | ({"data"} if cfg.saebench_data else set())
-    for name in runnable(bench, have):
+    for name in runnable(bench, cfg.given(llm_checked=llm is not None)):
         result |= run_one(name, run)
     if skipped:
         result["saebench_skipped"] = skipped

@@ -45,7 +45,9 @@ def check_mirror(source: str | None, names: list[str], eval_name: str) -> None:
 
 @contextlib.contextmanager
 def served(source: str | None):
-    """SAE Bench's `load_dataset` reads the mirror's folders (falling through to the real one for others)."""
+    """SAE Bench's `load_dataset` (imported by dataset_utils and by SCR's dataset_creation) reads the mirror's
+    folders, falling through to the real one for any other dataset."""
+    import sae_bench.evals.scr_and_tpp.dataset_creation as scr_data
     import sae_bench.sae_bench_utils.dataset_utils as dataset_utils
 
     if source in (None, HUB):
@@ -63,4 +65,5 @@ def served(source: str | None):
         return data[split] if split is not None else data
 
     with mock.patch.object(dataset_utils, "load_dataset", load_dataset):
-        yield
+        with mock.patch.object(scr_data, "load_dataset", load_dataset):
+            yield

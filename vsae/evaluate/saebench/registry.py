@@ -17,6 +17,7 @@ from vsae.evaluate.saebench.context import BenchRun
 from vsae.evaluate.saebench.mdl import run_mdl
 from vsae.evaluate.saebench.meta_structure import run_meta_structure
 from vsae.evaluate.saebench.sae_probes import run_sae_probes
+from vsae.evaluate.saebench.scr_tpp import run_scr, run_tpp
 from vsae.evaluate.saebench.sparse_probing import run_sparse_probing
 from vsae.progress import console
 
@@ -55,12 +56,20 @@ class BenchEval:
     needs: tuple[str, ...] = ()
     """What the user must provide: "llm" (a server) and/or "data" (its hub datasets), see NEEDS."""
 
-    def settings(self) -> set[str]:
-        import dataclasses
+    def config_class(self):
         import importlib
 
         module, cls = self.config.split(":")
-        return {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+        return getattr(importlib.import_module(module), cls)
+
+    def settings(self) -> set[str]:
+        import dataclasses
+
+        return {f.name for f in dataclasses.fields(self.config_class())}
+
+    def default(self, setting: str):
+        """SAE Bench's default for one of the eval's settings."""
+        return getattr(self.config_class()(), setting)
 
 
 HUB = "hub datasets, which vsae does not serve to it yet"
@@ -120,8 +129,22 @@ EVALS = {
         config="sae_bench.evals.sparse_probing.eval_config:SparseProbingEvalConfig",
         needs=("data",),
     ),
-    "scr": BenchEval(None, lacks=f"{HUB} (bias_in_bios, amazon_reviews) for its spurious-correlation probes"),
-    "tpp": BenchEval(None, lacks=f"{HUB} (bias_in_bios, amazon_reviews) for its targeted probe perturbation"),
+    "scr": BenchEval(
+        run_scr,
+        schema="evals/scr_and_tpp/eval_output_schema_scr.json",
+        headline={"top_20_metric": _path("eval_result_metrics", "scr_metrics", "scr_metric_threshold_20")},
+        config="sae_bench.evals.scr_and_tpp.eval_config:ScrAndTppEvalConfig",
+        needs=("data",),
+    ),
+    "tpp": BenchEval(
+        run_tpp,
+        schema="evals/scr_and_tpp/eval_output_schema_tpp.json",
+        headline={
+            "top_20_metric": _path("eval_result_metrics", "tpp_metrics", "tpp_threshold_20_total_metric")
+        },
+        config="sae_bench.evals.scr_and_tpp.eval_config:ScrAndTppEvalConfig",
+        needs=("data",),
+    ),
     "ravel": BenchEval(None, lacks=f"{HUB} (RAVEL)"),
     "unlearning": BenchEval(None, lacks="the WMDP bio forget set and a Gemma-2 instruct model from the hub"),
 }
