@@ -88,8 +88,8 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(packaged_smollm2())
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, tokenizer) -> Path:
+def save_tiny_neox(path: Path, tokenizer) -> Path:
+    """A 2-layer GPT-NeoX of width 64 with random weights (seed 0) and `tokenizer`, saved at `path`."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(0)
@@ -103,10 +103,14 @@ def tiny_model(tmp_path_factory, tokenizer) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    path = tmp_path_factory.mktemp("models") / "tiny-neox"
     GPTNeoXForCausalLM(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tokenizer) -> Path:
+    return save_tiny_neox(tmp_path_factory.mktemp("models") / "tiny-neox", tokenizer)
 
 
 HARVEST_ARGS = [

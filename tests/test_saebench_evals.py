@@ -42,24 +42,10 @@ def small_tokenizer():
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A tiny GPT-NeoX with that tokenizer, a store of its layer-1 residual stream and a trained topk."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from conftest import save_tiny_neox
 
     root = tmp_path_factory.mktemp("bench")
-    tok = small_tokenizer()
-    torch.manual_seed(0)
-    cfg = GPTNeoXConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=512,
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = root / "tiny-bpe"
-    GPTNeoXForCausalLM(cfg).save_pretrained(model)
-    tok.save_pretrained(model)
+    model = save_tiny_neox(root / "tiny-bpe", small_tokenizer())
     store = root / "acts"
     harvest = ["--layer", "1", "--dataset", "pydoc", "--tokens", "16000", "--chunk-tokens", "512"]
     run_cli("harvest", model, *harvest, "--heldout-fraction", "0.2", "--store", store)
@@ -152,16 +138,14 @@ def test_the_early_stop_gives_the_same_hook_activations(small):
 
 
 def test_sae_probes_sparse_probing_with_its_shipped_datasets(small):
-    """sae-probes on the default datasets its wheel ships (a setting overridden from the CLI): SAE probes at
-    each k and the raw-activation baseline beside them, per dataset and averaged."""
-    result = _bench(small["ckpt"], "sparse_probing_sae_probes", "sparse_probing_sae_probes.ks=[1,5]")
+    """sae-probes on two of the datasets its wheel ships (--saebench-datasets; a setting overridden from the
+    CLI): SAE probes at each k and the raw-activation baseline beside them, per dataset and averaged."""
+    datasets = ("--saebench-datasets", "117_us_state_FL,154_athlete_sport_football")
+    result = _bench(
+        small["ckpt"], "sparse_probing_sae_probes", "sparse_probing_sae_probes.ks=[1,5]", extra=datasets
+    )
     output = json.loads((small["ckpt"] / "saebench_sparse_probing_sae_probes.json").read_text())
-    assert output["eval_config"]["dataset_names"] == [
-        "117_us_state_FL",
-        "154_athlete_sport_football",
-        "149_twt_emotion_happiness",
-        "96_spam_is",
-    ]
+    assert output["eval_config"]["dataset_names"] == ["117_us_state_FL", "154_athlete_sport_football"]
     details = {d["dataset_name"]: d for d in output["eval_result_details"]}
     assert sorted(details) == sorted(output["eval_config"]["dataset_names"])
     sae_metrics = output["eval_result_metrics"]["sae"]
@@ -350,6 +334,7 @@ def test_scr_and_tpp_read_hub_data_from_a_local_mirror(small, tmp_path, name):
         f"{name}.train_set_size=40",
         f"{name}.test_set_size=40",
         f"{name}.n_values=[2,5,20]",
+        f"{name}.probe_epochs=2",
     ]
     result = _bench(small["ckpt"], name, *sets, extra=("--saebench-data", str(mirror)))
     output = json.loads((small["ckpt"] / f"saebench_{name}.json").read_text())

@@ -50,7 +50,7 @@ class EvalConfig:
     llm_model: str | None = None
     """Model name on that server (default: the one it serves, else SAE Bench's gpt-4o-mini)."""
     saebench_data: str | None = None
-    """sparse_probing's hub datasets: hub (the hub or its cache), or a folder of datasets.save_to_disk folders named by id (a/b as a__b)."""
+    """Hub datasets of sparse_probing, scr, tpp: hub (the hub or its cache), or a folder of datasets.save_to_disk folders named by id (a/b as a__b)."""
     saebench_batches: int = 2
     """Batches of held-out windows for each of SAE Bench core's two passes."""
     saebench_prompts: int = 8

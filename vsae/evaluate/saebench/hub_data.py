@@ -67,3 +67,44 @@ def served(source: str | None):
     with mock.patch.object(dataset_utils, "load_dataset", load_dataset):
         with mock.patch.object(scr_data, "load_dataset", load_dataset):
             yield
+
+
+CPU_DEFAULTS = {"llm_batch_size": 32, "llm_dtype": "float32"}
+
+
+def run_with_hub_data(run, module, config_cls, eval_name: str, **defaults) -> dict:
+    """SAE Bench's `module.run_eval` for a hub-data eval (sparse_probing, scr, tpp) on the checkpoint: its
+    model handed over, its data served from --saebench-data, its artifacts in a scratch folder."""
+    from vsae.evaluate.saebench.model import handed_to
+
+    loaded, model = run.language_model()
+    config = run.config(config_cls, eval_name, model_name=str(loaded.model_id), **(CPU_DEFAULTS | defaults))
+    sae = run.bench_sae()
+    with run.scratch() as tmp, handed_to(module, model), served(run.data), shape_checks_off():
+        results = module.run_eval(
+            config,
+            [("vsae", sae)],
+            "cpu",
+            str(tmp / "out"),
+            force_rerun=True,
+            save_activations=False,
+            artifacts_path=str(tmp / "artifacts"),
+        )
+    return next(iter(results.values()))
+
+
+@contextlib.contextmanager
+def shape_checks_off():
+    """SAE Bench 0.6.0's `train_probe_on_activations` (sparse probing, SCR, TPP) is @jaxtyped with
+    `train_dataset_size` bound to the examples of one class, and calls `train_sklearn_probe`, whose hint reuses
+    that name for the binary set (the class plus as many negatives: twice as many). Under jaxtyping 0.3 the
+    nested check shares the outer binding and every run fails; the hints are checks, not computation, so
+    they are switched off for the run."""
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)

@@ -6,32 +6,14 @@ latents should hurt that class's probe only). bias_in_bios and Amazon reviews co
 from __future__ import annotations
 
 from vsae.evaluate.saebench.context import BenchRun
-from vsae.evaluate.saebench.hub_data import served
-from vsae.evaluate.saebench.model import handed_to
-from vsae.evaluate.saebench.sparse_probing import shape_checks_off
-
-CPU_DEFAULTS = {"llm_batch_size": 32, "llm_dtype": "float32"}
+from vsae.evaluate.saebench.hub_data import run_with_hub_data
 
 
 def _run(run: BenchRun, name: str, scr: bool) -> dict:
     import sae_bench.evals.scr_and_tpp.main as scr_and_tpp
     from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
 
-    loaded, model = run.language_model()
-    defaults = CPU_DEFAULTS | {"model_name": str(loaded.model_id), "perform_scr": scr}
-    config = run.config(ScrAndTppEvalConfig, name, **defaults)
-    sae = run.bench_sae()
-    with run.scratch() as tmp, handed_to(scr_and_tpp, model), served(run.data), shape_checks_off():
-        results = scr_and_tpp.run_eval(
-            config,
-            [("vsae", sae)],
-            "cpu",
-            str(tmp / "out"),
-            force_rerun=True,
-            save_activations=False,
-            artifacts_path=str(tmp / "artifacts"),
-        )
-    return next(iter(results.values()))
+    return run_with_hub_data(run, scr_and_tpp, ScrAndTppEvalConfig, name, perform_scr=scr)
 
 
 def run_scr(run: BenchRun) -> dict:
