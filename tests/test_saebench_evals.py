@@ -97,7 +97,9 @@ def test_meta_structure_explains_the_decoder_vsae_exports(small):
 def test_absorption_runs_saebench_on_the_checkpoints_own_model(small, tmp_path, monkeypatch):
     """SAE Bench's absorption, first-letter probes on the model's own vocabulary. On a random tiny model
     SAE Bench concludes it cannot score (too few letters with a good probe): vsae records that as a result,
-    and the per-letter probe F1 it reports bears the reason out. Nothing is left in the working folder."""
+    and the per-letter probe F1 it reports bears the reason out. Nothing is left in the working folder.
+    (Its scoring stage needs every vocabulary word to re-tokenize to one token in the prompt, which this
+    small BPE does not give; bench/saebench_evals.py runs the scored path on SmolLM2.)"""
     monkeypatch.chdir(tmp_path)
     result = _bench(small["ckpt"], "absorption", "absorption.k_sparse_probe_num_epochs=2")
     output = json.loads((small["ckpt"] / "saebench_absorption.json").read_text())

@@ -68,8 +68,10 @@ class BenchRun:
 
     @contextlib.contextmanager
     def scratch(self):
-        """A temporary working folder (SAE Bench writes caches and artifacts relative to it), removed after."""
+        """A temporary working folder (SAE Bench writes caches and artifacts relative to it), removed after;
+        `out/` is there for SAE Bench's result files (absorption writes into it without creating it)."""
         folder = Path(tempfile.mkdtemp(prefix="vsae-saebench-"))
+        (folder / "out").mkdir()
         cwd = os.getcwd()
         os.chdir(folder)
         try:
