@@ -65,8 +65,8 @@ def test_saebench_core_agrees_with_vsae_on_the_same_tokens(checkpoint, tmp_path)
 
 def test_an_eval_that_cannot_run_here_is_refused_before_any_work(checkpoint):
     before = {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()}
-    proc = run_vsae("eval", checkpoint, "--saebench", "core,sparse_probing", expect=2)
-    assert proc.stderr.strip().startswith("error: SAE Bench sparse_probing: needs hub datasets")
+    proc = run_vsae("eval", checkpoint, "--saebench", "core,ravel", expect=2)
+    assert proc.stderr.strip().startswith("error: SAE Bench ravel: needs hub datasets")
     assert {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()} == before
     proc = run_vsae(
         "eval", checkpoint, "--saebench", "meta_structure", "--saebench-set", "absorption", expect=2

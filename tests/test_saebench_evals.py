@@ -120,6 +120,16 @@ def test_absorption_runs_saebench_on_the_checkpoints_own_model(small, tmp_path, 
     assert list(tmp_path.iterdir()) == []  # SAE Bench's artifacts went to a scratch folder, now removed
 
 
+def test_an_eval_leaves_gradients_as_it_found_them(small):
+    """SAE Bench switches gradients off for the whole process; training after an eval in the same process
+    (a sweep script, this test suite) must still get gradients."""
+    import torch
+
+    assert torch.is_grad_enabled()
+    _bench(small["ckpt"], "mdl", "mdl.num_bins_values=[2]", "mdl.k_values=[8]", "mdl.sae_batch_size=4")
+    assert torch.is_grad_enabled()
+
+
 def test_the_early_stop_gives_the_same_hook_activations(small):
     """`stop_after_hooks` runs only the blocks up to the cached hook: the activations are bit-identical to a
     full forward, the logits are None (never silently the residual stream), other hooks run in full."""

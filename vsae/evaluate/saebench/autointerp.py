@@ -115,7 +115,6 @@ def run_autointerp(run: BenchRun) -> dict:
                 None,
                 str(tmp / "artifacts"),
             )
-    torch.set_grad_enabled(True)  # SAE Bench turns gradients off for the whole process
     output = next(iter(results.values()))
     if not output.get("eval_result_unstructured"):
         # SAE Bench drops a latent whose scoring answer is not a list of example numbers: with none left

@@ -51,5 +51,4 @@ def run_mdl(run: BenchRun) -> dict:
         if not torch.cuda.is_available():  # calculate_dl moves its entropies with a hard-coded .cuda()
             patches.enter_context(mock.patch.object(torch.Tensor, "cuda", lambda t, *_a, **_k: t))
         results = mdl.run_eval_single_sae(config, sae, model, "cpu", dataset_name=store_windows(run))
-    torch.set_grad_enabled(True)  # SAE Bench turns gradients off for the whole process
     return {"eval_type_id": "mdl", "eval_config": vars(config), "eval_results": results}

@@ -226,9 +226,15 @@ def run_one(name: str, run: BenchRun) -> dict:
 
     import_beartype()
 
+    import torch
+
     console.print(f"SAE Bench {name} on {run.path.name} …", soft_wrap=True)
     start = time.perf_counter()
-    output = EVALS[name].run(run)
+    grad = torch.is_grad_enabled()
+    try:
+        output = EVALS[name].run(run)
+    finally:  # SAE Bench's evals switch gradients off (or on) for the whole process and leave them so
+        torch.set_grad_enabled(grad)
     seconds = time.perf_counter() - start
     check_schema(name, output)
     write_results(run.path, name, output)
