@@ -32,6 +32,7 @@ def run_absorption(run: BenchRun) -> dict:
     loaded, model = run.language_model()
     config = run.config(AbsorptionEvalConfig, "absorption", model_name=str(loaded.model_id), **CPU_DEFAULTS)
     sae = run.bench_sae()
+    seed_everything(config.random_seed)
     with run.scratch() as tmp:
         probes, probing, spelling = tmp / "probes", tmp / "k_sparse_probing", tmp / "feature_absorption"
         k_sparse = functools.partial(
@@ -65,3 +66,17 @@ def run_absorption(run: BenchRun) -> dict:
         "eval_config": asdict(config),
         "probe_f1_by_letter": {row["letter"]: row["f1_probe"] for row in probe_f1},
     }
+
+
+def seed_everything(seed: int) -> None:
+    """SAE Bench's absorption has a `random_seed` it never applies: its probe splits then follow whatever state
+    the process's generators are in (the result changes with what ran before; on a small vocabulary a letter
+    can get no training example and the eval fails with a KeyError). vsae seeds them from that setting."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
