@@ -122,7 +122,9 @@ def metadata_errors(root: zarr.Group):
         yield
     except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError, UnicodeDecodeError, zarr's own
         where = str(getattr(root.store, "root", root.store))
-        damaged = damaged_metadata(where) or "a zarr.json metadata file"
+        damaged = damaged_metadata(where)
+        if damaged is None:  # every zarr.json parses: not damage but a bug, which keeps its traceback
+            raise
         raise VsaeError(
             f"store {where}: {damaged} is damaged ({type(exc).__name__}); restore it or re-harvest with --force"
         ) from exc
